@@ -1,0 +1,153 @@
+"""Artifact bytes: serialization, SHA-256 and HMAC integrity, and the local verified cache.
+
+Unpickling is code execution, so nothing here calls joblib.load on bytes whose digest
+(and, with a signing key, whose signature) has not been checked first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from modelstore.errors import ArtifactIntegrityError, ArtifactSignatureError
+
+log = logging.getLogger(__name__)
+
+FORMAT_JOBLIB = "joblib"
+_SIGNATURE_CONTEXT = b"predq-artifact-v1:"
+
+
+def serialize(artifact: object) -> bytes:
+    """Dump an estimator, Pipeline or the seed's dict with joblib, as the seed's trainer does."""
+    buffer = io.BytesIO()
+    joblib.dump(artifact, buffer)
+    return buffer.getvalue()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sign(sha256: str, key: bytes) -> str:
+    """HMAC-SHA256 over the artifact's digest: binds the key to exactly these bytes."""
+    return hmac.new(key, _SIGNATURE_CONTEXT + sha256.encode(), hashlib.sha256).hexdigest()
+
+
+def verify(data: bytes, sha256: str | None, signature: str | None, key: bytes | None,
+           label: str) -> str:
+    """Check digest and signature of `data`; returns the digest. Raises before any unpickling."""
+    if not sha256:
+        raise ArtifactIntegrityError(
+            f"artifact {label} has no recorded sha256; refusing to deserialize it "
+            "(run `predq db upgrade` to record digests of legacy rows you trust)"
+        )
+    actual = sha256_hex(data)
+    if not hmac.compare_digest(actual, sha256):
+        raise ArtifactIntegrityError(
+            f"artifact {label} is corrupt: sha256 {actual[:12]}… does not match the recorded "
+            f"{sha256[:12]}…; refusing to deserialize it"
+        )
+    verify_signature(sha256, signature, key, label)
+    return actual
+
+
+def verify_signature(sha256: str, signature: str | None, key: bytes | None, label: str) -> None:
+    if key is None:
+        return
+    if not signature:
+        raise ArtifactSignatureError(
+            f"artifact {label} is unsigned and PREDQ_SIGNING_KEY is set; refusing it"
+        )
+    if not hmac.compare_digest(sign(sha256, key), signature):
+        raise ArtifactSignatureError(
+            f"artifact {label} has a signature that does not match PREDQ_SIGNING_KEY; refusing it"
+        )
+
+
+def deserialize(data: bytes, sha256: str | None, signature: str | None, key: bytes | None,
+                label: str) -> Any:
+    """Verify, then load. The only path from bytes to a model object."""
+    verify(data, sha256, signature, key, label)
+    return joblib.load(io.BytesIO(data))
+
+
+def describe_features(artifact: object) -> dict[str, Any] | None:
+    """The input columns (and coarse dtypes) an artifact expects, when it exposes them.
+
+    Looks at `feature_names_in_` of the estimator, or of the seed dict's 'preprocessor'.
+    A column consumed by an encoder of categories is a string; every other one a number.
+    """
+    target = artifact
+    if isinstance(artifact, dict):
+        target = artifact.get("preprocessor") or artifact.get("model")
+    names = getattr(target, "feature_names_in_", None)
+    if names is None:
+        return None
+    categorical = _categorical_columns(target)
+    columns = [{"name": str(n), "dtype": "string" if str(n) in categorical else "number"}
+               for n in names]
+    return {"columns": columns, "source": "feature_names_in_"}
+
+
+def _categorical_columns(obj: object) -> set[str]:
+    found: set[str] = set()
+    steps = getattr(obj, "steps", None)
+    if steps:
+        obj = steps[0][1]
+    for _name, transformer, cols in getattr(obj, "transformers_", None) or []:
+        if _encodes_categories(transformer) and isinstance(cols, list | tuple):
+            found.update(str(c) for c in cols)
+    return found
+
+
+def _encodes_categories(transformer: object) -> bool:
+    inner = transformer
+    steps = getattr(transformer, "steps", None)
+    if steps:
+        inner = steps[-1][1]
+    return type(inner).__name__ in {"OneHotEncoder", "OrdinalEncoder", "TargetEncoder"}
+
+
+class ArtifactCache:
+    """A local content-addressed cache: `<dir>/<sha256>.joblib`.
+
+    It spares the database fetch on a cold start. Entries are returned unverified because
+    `deserialize` verifies them anyway (hashing 32 MB twice would cost ~30 ms); a caller
+    whose verification fails calls `discard` and falls back to the database.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path_for(self, sha256: str) -> Path:
+        return self.directory / f"{sha256}.joblib"
+
+    def get(self, sha256: str) -> bytes | None:
+        path = self.path_for(sha256)
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    def discard(self, sha256: str) -> None:
+        log.warning("artifact cache entry %s is corrupt; deleting it", self.path_for(sha256))
+        self.path_for(sha256).unlink(missing_ok=True)
+
+    def put(self, sha256: str, data: bytes) -> None:
+        """Write atomically (temp file + rename); a failure only costs the next cold load."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path_for(sha256))
+        except OSError as exc:
+            log.warning("could not write artifact cache %s: %s", self.directory, exc)

@@ -1,0 +1,346 @@
+"""ModelEvaluationDB: the seed's store API, one transaction per public method.
+
+Database errors are translated once, here, into predq errors that name what was being
+done and to which identifiers; unique violations become domain errors.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, and_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from modelstore import artifacts, defaults, monitoring, predictions, promotion, schema
+from modelstore.engine import get_engine, redact_url, translate_errors
+from modelstore.errors import DuplicateModelVersion, InvalidInput, StoreError
+from modelstore.predictions import BackfillResult, PredictionRow
+from modelstore.promotion import Pointer, PromotionResult
+from modelstore.versions import new_version
+
+A = schema.model_artifacts
+T = TypeVar("T")
+_BUSY_RETRIES = 8
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    model_name: str
+    model_version: str
+    sha256: str
+    size_bytes: int
+    artifact_id: int
+    promotion: PromotionResult | None = None
+
+
+def default_actor() -> str:
+    """Who did it, for the promotion history: PREDQ_ACTOR, else user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return os.environ.get("PREDQ_ACTOR") or f"{user}@{socket.gethostname()}"
+
+
+def _upsert(conn: Connection, table: Any) -> Any:
+    return (postgresql.insert(table) if conn.dialect.name == "postgresql"
+            else sqlite.insert(table))
+
+
+class ModelEvaluationDB:
+    """The model registry and prediction log. `with ModelEvaluationDB() as db: ...`
+
+    The URL comes from the argument, else DATABASE_URL. The engine is shared per process;
+    `close()` only marks this handle closed.
+    """
+
+    def __init__(self, database_url: str | None = None, *, signing_key: bytes | None = None,
+                 connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S) -> None:
+        self.database_url = (database_url or os.environ.get("DATABASE_URL")
+                             or defaults.DEFAULT_DATABASE_URL)
+        if signing_key is None and os.environ.get("PREDQ_SIGNING_KEY"):
+            signing_key = os.environ["PREDQ_SIGNING_KEY"].encode()
+        self.signing_key = signing_key
+        self.engine = get_engine(self.database_url, connect_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"ModelEvaluationDB({redact_url(self.database_url)!r})"
+
+    def __enter__(self) -> ModelEvaluationDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: the engine is per process (see modelstore.engine)."""
+
+    @contextmanager
+    def _tx(self, action: str, **ids: object) -> Iterator[Connection]:
+        with translate_errors(action, **ids), self.engine.begin() as conn:
+            yield conn
+
+    def _retrying(self, fn: Callable[[], T]) -> T:
+        """Retry SQLite's 'database is locked' between concurrent writers."""
+        for attempt in range(_BUSY_RETRIES):
+            try:
+                return fn()
+            except StoreError as exc:
+                locked = isinstance(exc.__cause__, OperationalError) and "locked" in str(exc)
+                if not locked or attempt == _BUSY_RETRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    # -- models ---------------------------------------------------------------------------
+
+    def store_model(self, run_id: str, model_version: str | None, model_type: str,
+                    model_binary: bytes, accuracy: float | None = None,
+                    rmse: float | None = None, r2: float | None = None,
+                    is_production: bool = False, *, model_name: str = defaults.DEFAULT_MODEL_NAME,
+                    metrics: Mapping[str, float] | None = None,
+                    feature_schema: dict[str, Any] | None = None,
+                    describe: bool = True, by: str | None = None,
+                    reason: str | None = None) -> StoredModel:
+        """Store an artifact (and its run and metrics); with is_production, promote it too.
+
+        A None version gets YYYYMMDD_HHMMSS, suffixed when two land in one second.
+        With `describe` and no `feature_schema`, the bytes are loaded once to capture the
+        input columns: only do that for bytes this process made (workers pass False).
+        """
+        _check_text("run_id", run_id, 255)
+        _check_text("model_type", model_type, 100)
+        _check_text("model_name", model_name, 100)
+        if model_version is not None:
+            _check_text("model_version", model_version, 50)
+        if not isinstance(model_binary, bytes | bytearray | memoryview) or not model_binary:
+            raise InvalidInput("model_binary: expected non-empty bytes")
+        data = bytes(model_binary)
+        all_metrics = _merge_metrics(accuracy, rmse, r2, metrics)
+        sha = artifacts.sha256_hex(data)
+        if feature_schema is None and describe:
+            feature_schema = _describe_own_bytes(data)
+        row = {"run_id": run_id, "model_type": model_type, "model_binary": data,
+               "model_size_bytes": len(data), "accuracy_score": accuracy, "rmse_score": rmse,
+               "r2_score": r2, "model_name": model_name, "sha256": sha,
+               "serialization_format": artifacts.FORMAT_JOBLIB,
+               "signature": artifacts.sign(sha, self.signing_key) if self.signing_key else None,
+               "feature_schema": feature_schema}
+
+        def attempt() -> StoredModel:
+            return self._store_once(row, model_version, all_metrics, is_production,
+                                    by or default_actor(), reason)
+
+        return self._retrying(attempt)
+
+    def _store_once(self, row: dict[str, Any], requested: str | None,
+                    metrics: dict[str, float], is_production: bool, by: str,
+                    reason: str | None) -> StoredModel:
+        name = row["model_name"]
+        try:
+            with self._tx("storing model", model_name=name, model_version=requested,
+                          run_id=row["run_id"]) as conn:
+                version = requested or _free_version(conn, name)
+                conn.execute(_upsert(conn, schema.model_runs).values(
+                    run_id=row["run_id"], model_name=name).on_conflict_do_nothing())
+                artifact_id = conn.execute(A.insert().values(model_version=version, **row)
+                                           .returning(A.c.id)).scalar_one()
+                _write_metrics(conn, row["run_id"], metrics)
+                result = None
+                if is_production:
+                    result = promotion.promote(conn, name, version, action="store", by=by,
+                                               reason=reason, signing_key=self.signing_key)
+        except IntegrityError as exc:
+            raise DuplicateModelVersion(
+                f"model {name!r} version {requested!r} (run_id {row['run_id']!r}) is already "
+                "stored; choose another version") from exc
+        return StoredModel(name, version, row["sha256"], row["model_size_bytes"], artifact_id,
+                           result)
+
+    def record_metrics(self, run_id: str, metrics: Mapping[str, float],
+                       metric_type: str = "validation") -> None:
+        """Upsert metrics of a run in long format (run_id, name, value, type)."""
+        clean = _merge_metrics(None, None, None, metrics)
+        with self._tx("recording metrics", run_id=run_id) as conn:
+            conn.execute(_upsert(conn, schema.model_runs).values(run_id=run_id)
+                         .on_conflict_do_nothing())
+            _write_metrics(conn, run_id, clean, metric_type)
+
+    def get_model(self, model_version: str, model_name: str | None = None
+                  ) -> dict[str, Any] | None:
+        """The artifact row (model_binary included) as a dict, or None if unknown."""
+        conds = [A.c.model_version == model_version]
+        if model_name is not None:
+            conds.append(A.c.model_name == model_name)
+        with self._tx("reading model", model_version=model_version) as conn:
+            row = conn.execute(select(A).where(and_(*conds)).order_by(A.c.id.desc())
+                               .limit(1)).mappings().first()
+        return None if row is None else dict(row)
+
+    def list_models(self, limit: int = 10, model_name: str | None = None
+                    ) -> list[dict[str, Any]]:
+        """Artifact rows, newest first, without model_binary (sizes are in model_size_bytes)."""
+        cols = [c for c in A.c if c.name != "model_binary"]
+        stmt = select(*cols).order_by(A.c.created_at.desc(), A.c.id.desc()).limit(int(limit))
+        if model_name is not None:
+            stmt = stmt.where(A.c.model_name == model_name)
+        with self._tx("listing models", limit=limit) as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    # -- promotion ------------------------------------------------------------------------
+
+    def set_production_model(self, model_version: str,
+                             model_name: str = defaults.DEFAULT_MODEL_NAME, *,
+                             by: str | None = None, reason: str | None = None
+                             ) -> PromotionResult:
+        """Make a version the production one: pointer, generation and history together."""
+        return self._move(model_name, model_version, "promote", by, reason)
+
+    def rollback_production_model(self, target_version: str | None = None,
+                                  model_name: str = defaults.DEFAULT_MODEL_NAME, *,
+                                  by: str | None = None, reason: str | None = None
+                                  ) -> PromotionResult:
+        """Go back to `target_version`, or to the version before the current one."""
+        return self._move(model_name, target_version, "rollback", by, reason)
+
+    def _move(self, name: str, version: str | None, action: str, by: str | None,
+              reason: str | None) -> PromotionResult:
+        def attempt() -> PromotionResult:
+            with self._tx(f"{action} of model", model_name=name, model_version=version) as conn:
+                promotion.lock_model(conn, name)
+                target = version or promotion.rollback_target(conn, name)
+                return promotion.promote(conn, name, target, action=action,
+                                         by=by or default_actor(), reason=reason,
+                                         signing_key=self.signing_key)
+        return self._retrying(attempt)
+
+    def production_pointer(self, model_name: str = defaults.DEFAULT_MODEL_NAME
+                           ) -> Pointer | None:
+        """The production version and generation: the cheap check serving processes poll."""
+        with self._tx("reading production pointer", model_name=model_name) as conn:
+            return promotion.read_pointer(conn, model_name)
+
+    def promotion_history(self, model_name: str | None = None, limit: int = 50
+                          ) -> list[dict[str, Any]]:
+        """Promotions and rollbacks, newest first: who, when, from, to, why."""
+        with self._tx("reading promotion history", model_name=model_name) as conn:
+            return promotion.history(conn, model_name, limit)
+
+    # -- predictions ----------------------------------------------------------------------
+
+    def store_prediction(self, model_version: str, input_features: Mapping[str, Any],
+                         predicted_value: float, actual_value: float | None = None,
+                         confidence_score: float | None = None, *,
+                         request_id: str | None = None,
+                         model_name: str = defaults.DEFAULT_MODEL_NAME) -> str:
+        """Log one prediction; returns its request_id (made up when not given)."""
+        rid = request_id or str(uuid.uuid4())
+        row: PredictionRow = {"request_id": rid, "model_version": model_version,
+                              "input_features": input_features,
+                              "predicted_value": predicted_value, "model_name": model_name,
+                              "actual_value": actual_value,
+                              "confidence_score": confidence_score}
+        self.store_predictions([row])
+        return rid
+
+    def store_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """The bulk path: one statement (COPY or multi-row VALUES), request_id dedup.
+
+        Returns how many rows were new; rows whose request_id is already logged are skipped.
+        """
+        with self._tx("logging predictions", rows=len(rows)) as conn:
+            return predictions.write_predictions(conn, rows)
+
+    def backfill_actuals(self, actuals: Mapping[str, Any] | Iterable[Any]) -> BackfillResult:
+        """Set actual values by request_id; reports the ids it did not know and bad items."""
+        good, bad = predictions.normalize_actuals(actuals)
+        with self._tx("backfilling actuals", items=len(good)) as conn:
+            updated, unknown = predictions.backfill(conn, good)
+        return BackfillResult(updated, unknown, bad)
+
+    # -- monitoring -----------------------------------------------------------------------
+
+    def prediction_stats(self, model_name: str | None = None,
+                         since: datetime | None = None) -> list[dict[str, Any]]:
+        """Per version: predictions, labelled rows, label coverage, MAE and RMSE."""
+        with self._tx("reading prediction stats", model_name=model_name) as conn:
+            return monitoring.version_stats(conn, model_name, since)
+
+    def daily_prediction_counts(self, days: int = 30) -> list[dict[str, Any]]:
+        """Predictions per version per day for the last `days` days."""
+        with self._tx("reading daily counts", days=days) as conn:
+            return monitoring.daily_counts(conn, days)
+
+    def model_sizes(self) -> list[dict[str, Any]]:
+        """Per model type: count, total and average artifact size."""
+        with self._tx("reading model sizes") as conn:
+            return monitoring.model_sizes(conn)
+
+
+def _check_text(field: str, value: object, limit: int) -> None:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise InvalidInput(f"{field}: expected a non-empty string of at most {limit} "
+                           f"characters, got {value!r:.60}")
+
+
+def _merge_metrics(accuracy: float | None, rmse: float | None, r2: float | None,
+                   extra: Mapping[str, float] | None) -> dict[str, float]:
+    merged: dict[str, Any] = {"accuracy": accuracy, "rmse": rmse, "r2": r2}
+    merged.update(extra or {})
+    out: dict[str, float] = {}
+    for name, value in merged.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            raise InvalidInput(f"metrics.{name}: expected a finite number, got {value!r:.60}")
+        out[str(name)] = float(value)
+    return out
+
+
+def _write_metrics(conn: Connection, run_id: str, metrics: dict[str, float],
+                   metric_type: str = "validation") -> None:
+    if not metrics:
+        return
+    stmt = _upsert(conn, schema.model_metrics)
+    rows = [{"run_id": run_id, "metric_name": k, "metric_value": v, "metric_type": metric_type}
+            for k, v in metrics.items()]
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["run_id", "metric_name", "metric_type"],
+        set_={"metric_value": stmt.excluded.metric_value}), rows)
+
+
+def _free_version(conn: Connection, model_name: str) -> str:
+    """YYYYMMDD_HHMMSS, with _2, _3… when that second is taken for this model name."""
+    base = new_version()
+    taken = set(conn.execute(select(A.c.model_version).where(and_(
+        A.c.model_name == model_name, A.c.model_version.like(f"{base}%")))).scalars())
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}_{n}" in taken:
+        n += 1
+    return f"{base}_{n}"
+
+
+def _describe_own_bytes(data: bytes) -> dict[str, Any] | None:
+    """Capture the feature schema from the caller's own artifact (trusted: they just made it)."""
+    import io
+
+    import joblib
+
+    try:
+        return artifacts.describe_features(joblib.load(io.BytesIO(data)))
+    except Exception:  # noqa: BLE001 - an opaque artifact simply has no recorded schema
+        return None

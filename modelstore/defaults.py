@@ -1,0 +1,31 @@
+"""Every default of predq, named once (rq style): settings, the store and workers read these."""
+
+from __future__ import annotations
+
+DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@localhost:5433/postgres"
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+DEFAULT_MODEL_DIR = "./models"
+DEFAULT_MODEL_NAME = "default"
+
+CONNECT_TIMEOUT_S = 5
+"""Bounded connect timeout: an unreachable database costs this, never a hang."""
+STATEMENT_TIMEOUT_MS = 60_000
+
+VISIBILITY_TIMEOUT_S = 3600
+GENERATION_POLL_S = 2.0
+"""Every serving process re-reads the production pointer at least this often."""
+SIGNAL_POLL_S = 0.1
+"""How often a serving process may peek at the cheap Redis generation signal."""
+MAX_BATCH_SIZE = 512
+"""Upper bound on rows one micro-batch predicts and logs together."""
+MAX_ROWS_PER_TASK = 10_000
+MAX_ARTIFACT_B64_BYTES = 16 * 1024 * 1024
+MAX_STRING_FEATURE_CHARS = 1024
+MAX_REQUEST_ID_CHARS = 128
+WORKER_THREADS = 64
+SPOOL_DIR = "./spool"
+METRICS_PORT = 9808
+
+SCHEMA_VERSION = 1
+COPY_THRESHOLD_ROWS = 200
+"""Below this many rows a multi-row VALUES insert beats COPY into a temp table."""

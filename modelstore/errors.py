@@ -1,0 +1,55 @@
+"""predq's exception tree. Every error the store raises is a PredqError."""
+
+from __future__ import annotations
+
+
+class PredqError(Exception):
+    """Raised for any predq failure; the root of the tree."""
+
+
+class ConfigError(PredqError):
+    """Raised when a setting is missing or malformed."""
+
+
+class StoreError(PredqError):
+    """Raised when the model store fails for a reason not covered below."""
+
+
+class DatabaseUnavailable(StoreError):
+    """Raised when the database cannot be reached within the connect timeout."""
+
+
+class SchemaError(StoreError):
+    """Raised when the database holds an older or foreign schema."""
+
+
+class ModelNotFound(StoreError):
+    """Raised when a model name or version is not in the store."""
+
+
+class DuplicateModelVersion(StoreError):
+    """Raised when a (model name, version) or (run_id, version) is already stored."""
+
+
+class NoProductionModel(StoreError):
+    """Raised when a model name has no production version."""
+
+
+class RollbackError(StoreError):
+    """Raised when there is no earlier production version to roll back to."""
+
+
+class InvalidInput(PredqError):
+    """Raised when a caller's value is malformed; the message names the field."""
+
+
+class ArtifactError(PredqError):
+    """Raised when an artifact is refused before or while deserializing."""
+
+
+class ArtifactIntegrityError(ArtifactError):
+    """Raised when an artifact's bytes do not match its recorded SHA-256."""
+
+
+class ArtifactSignatureError(ArtifactError):
+    """Raised when an artifact is unsigned or mis-signed while a signing key is set."""

@@ -1,0 +1,170 @@
+"""The store's tables as SQLAlchemy Core metadata, rendering for Postgres and SQLite.
+
+The seed's columns keep their names and types; everything predq adds is nullable or
+defaulted, so the seed's INSERTs and monitoring SQL run unchanged.
+`python -m modelstore.schema` prints the Postgres DDL kept in sql/schema.sql.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from modelstore.defaults import DEFAULT_MODEL_NAME
+
+metadata = MetaData()
+
+_NOW = text("CURRENT_TIMESTAMP")
+_DEFAULT_NAME = text(f"'{DEFAULT_MODEL_NAME}'")
+# BYTEA and JSONB on Postgres, BLOB and JSON text on SQLite.
+Binary = LargeBinary().with_variant(postgresql.BYTEA(), "postgresql")
+Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+schema_info = Table(
+    "predq_schema",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("applied_at", DateTime, server_default=_NOW),
+)
+
+model_runs = Table(
+    "model_runs",
+    metadata,
+    Column("run_id", String(255), primary_key=True),
+    Column("model_name", String(100), nullable=False, server_default=_DEFAULT_NAME),
+    Column("source", String(255)),
+    Column("created_at", DateTime, server_default=_NOW),
+)
+
+model_artifacts = Table(
+    "model_artifacts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(255), nullable=False),
+    Column("model_version", String(50), nullable=False),
+    Column("model_type", String(100), nullable=False),
+    Column("model_binary", Binary, nullable=False),
+    Column("model_size_bytes", Integer),
+    Column("accuracy_score", Float),
+    Column("rmse_score", Float),
+    Column("r2_score", Float),
+    Column("is_production", Boolean, server_default=false()),
+    Column("deployment_date", DateTime),
+    Column("created_at", DateTime, server_default=_NOW),
+    Column("updated_at", DateTime, server_default=_NOW),
+    # predq additions, all nullable or defaulted.
+    Column("model_name", String(100), nullable=False, server_default=_DEFAULT_NAME),
+    Column("sha256", String(64)),
+    Column("serialization_format", String(20), nullable=False, server_default=text("'joblib'")),
+    Column("signature", String(128)),
+    Column("feature_schema", Json),
+    UniqueConstraint("run_id", "model_version"),
+    UniqueConstraint("model_name", "model_version", name="uq_model_artifacts_name_version"),
+)
+Index("idx_model_artifacts_run_id", model_artifacts.c.run_id)
+Index("idx_model_artifacts_is_production", model_artifacts.c.is_production)
+Index("idx_model_artifacts_model_version", model_artifacts.c.model_version)
+# The database itself enforces one production row per model name.
+Index(
+    "uq_model_artifacts_one_production",
+    model_artifacts.c.model_name,
+    unique=True,
+    postgresql_where=model_artifacts.c.is_production,
+    sqlite_where=model_artifacts.c.is_production,
+)
+
+model_metrics = Table(
+    "model_metrics",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(255), ForeignKey("model_runs.run_id"), nullable=False),
+    Column("metric_name", String(100), nullable=False),
+    Column("metric_value", Float, nullable=False),
+    Column("metric_type", String(50), nullable=False, server_default=text("'validation'")),
+    Column("created_at", DateTime, server_default=_NOW),
+    UniqueConstraint("run_id", "metric_name", "metric_type"),
+)
+
+model_predictions = Table(
+    "model_predictions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_version", String(50), nullable=False),
+    Column("input_features", Json, nullable=False),
+    Column("predicted_value", Float, nullable=False),
+    Column("actual_value", Float),
+    Column("confidence_score", Float),
+    Column("prediction_time", DateTime, server_default=_NOW),
+    Column("created_at", DateTime, server_default=_NOW),
+    # predq additions.
+    Column("request_id", String(128), unique=True),
+    Column("model_name", String(100), nullable=False, server_default=_DEFAULT_NAME),
+    Column("model_sha256", String(64)),
+    Column("actual_time", DateTime),
+)
+Index("idx_model_predictions_model_version", model_predictions.c.model_version)
+Index("idx_model_predictions_prediction_time", model_predictions.c.prediction_time)
+
+production_pointer = Table(
+    "production_pointer",
+    metadata,
+    Column("model_name", String(100), primary_key=True),
+    Column("model_version", String(50), nullable=False),
+    Column("artifact_id", Integer, ForeignKey("model_artifacts.id"), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("updated_at", DateTime, server_default=_NOW),
+)
+
+promotion_history = Table(
+    "promotion_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_name", String(100), nullable=False),
+    Column("from_version", String(50)),
+    Column("to_version", String(50), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("promoted_by", String(255)),
+    Column("reason", Text),
+    Column("promoted_at", DateTime, server_default=_NOW),
+)
+Index("idx_promotion_history_model", promotion_history.c.model_name, promotion_history.c.id)
+
+PREDQ_TABLES = tuple(metadata.tables)
+
+
+def postgres_ddl() -> str:
+    """The Postgres DDL of this metadata, as kept in sql/schema.sql."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    parts = ["-- Generated by `make schema` from modelstore/schema.py. Do not edit by hand.\n"]
+    for table in metadata.sorted_tables:
+        parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";\n")
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(postgres_ddl())

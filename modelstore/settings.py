@@ -1,0 +1,103 @@
+"""One typed settings object, parsed from the environment at an entry point (arq style)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from modelstore import defaults
+from modelstore.errors import ConfigError
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name}: must be positive, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name}: must be positive, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything predq reads from the environment. Secrets are kept out of repr()."""
+
+    database_url: str = field(default=defaults.DEFAULT_DATABASE_URL, repr=False)
+    broker_url: str = field(default=defaults.DEFAULT_BROKER_URL, repr=False)
+    result_backend: str = field(default=defaults.DEFAULT_BROKER_URL, repr=False)
+    model_dir: Path = Path(defaults.DEFAULT_MODEL_DIR)
+    signing_key: bytes | None = field(default=None, repr=False)
+    visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
+    connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S
+    generation_poll_s: float = defaults.GENERATION_POLL_S
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
+    max_rows_per_task: int = defaults.MAX_ROWS_PER_TASK
+    max_artifact_b64_bytes: int = defaults.MAX_ARTIFACT_B64_BYTES
+    worker_threads: int = defaults.WORKER_THREADS
+    spool_dir: Path = Path(defaults.SPOOL_DIR)
+    metrics_port: int = defaults.METRICS_PORT
+    artifact_cache_dir: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse the environment; a malformed value raises ConfigError naming the variable."""
+        env = os.environ if env is None else env
+        broker = env.get("PREDQ_BROKER_URL") or defaults.DEFAULT_BROKER_URL
+        key = env.get("PREDQ_SIGNING_KEY") or None
+        model_dir = Path(env.get("PREDQ_MODEL_DIR") or defaults.DEFAULT_MODEL_DIR)
+        cache_dir = env.get("PREDQ_ARTIFACT_CACHE_DIR")
+        return cls(
+            database_url=env.get("DATABASE_URL") or defaults.DEFAULT_DATABASE_URL,
+            broker_url=broker,
+            result_backend=env.get("PREDQ_RESULT_BACKEND") or broker,
+            model_dir=model_dir,
+            signing_key=key.encode() if key else None,
+            visibility_timeout_s=_int(
+                env, "PREDQ_VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT_S
+            ),
+            connect_timeout_s=_int(env, "PREDQ_CONNECT_TIMEOUT", defaults.CONNECT_TIMEOUT_S),
+            generation_poll_s=_float(env, "PREDQ_GENERATION_POLL", defaults.GENERATION_POLL_S),
+            max_batch_size=_int(env, "PREDQ_MAX_BATCH_SIZE", defaults.MAX_BATCH_SIZE),
+            max_rows_per_task=_int(env, "PREDQ_MAX_ROWS_PER_TASK", defaults.MAX_ROWS_PER_TASK),
+            max_artifact_b64_bytes=_int(
+                env, "PREDQ_MAX_ARTIFACT_B64_BYTES", defaults.MAX_ARTIFACT_B64_BYTES
+            ),
+            worker_threads=_int(env, "PREDQ_WORKER_THREADS", defaults.WORKER_THREADS),
+            spool_dir=Path(env.get("PREDQ_SPOOL_DIR") or defaults.SPOOL_DIR),
+            metrics_port=_int(env, "PREDQ_METRICS_PORT", defaults.METRICS_PORT),
+            artifact_cache_dir=Path(cache_dir) if cache_dir else model_dir / ".cache",
+        )
+
+    def describe(self) -> dict[str, str]:
+        """Settings as strings with passwords and the signing key masked, safe to log."""
+        from modelstore.engine import redact_url
+
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "signing_key":
+                out[f.name] = "set" if value else "unset"
+            elif f.name.endswith("_url") or f.name == "result_backend":
+                out[f.name] = redact_url(str(value))
+            else:
+                out[f.name] = str(value)
+        return out
