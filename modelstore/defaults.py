@@ -6,6 +6,8 @@ DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@localhost:5433/postgres"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_MODEL_DIR = "./models"
 DEFAULT_MODEL_NAME = "default"
+DEFAULT_QUEUE = "predq"
+FILESYSTEM_BROKER_DIR = "./.predq-broker"
 
 CONNECT_TIMEOUT_S = 5
 """Bounded connect timeout: an unreachable database costs this, never a hang."""

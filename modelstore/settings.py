@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from modelstore import defaults
 from modelstore.errors import ConfigError
@@ -87,6 +88,35 @@ class Settings:
             artifact_cache_dir=Path(cache_dir) if cache_dir else model_dir / ".cache",
         )
 
+    def celery_config(self) -> dict[str, Any]:
+        """Celery configuration shared by workers and producers (a plain dict: the store
+        imports nothing of Celery's). JSON only: pickle never crosses the wire."""
+        transport: dict[str, Any] = {"visibility_timeout": self.visibility_timeout_s}
+        if self.broker_url.startswith("filesystem://"):
+            transport.update(_filesystem_folders(self.broker_url))
+        return {
+            "broker_url": _kombu_url(self.broker_url),
+            "result_backend": self.result_backend,
+            "task_serializer": "json",
+            "result_serializer": "json",
+            "accept_content": ["json"],
+            "result_accept_content": ["json"],
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": 1,
+            "broker_transport_options": transport,
+            "result_backend_transport_options": {"visibility_timeout": self.visibility_timeout_s},
+            "broker_connection_retry_on_startup": True,
+            "broker_connection_timeout": self.connect_timeout_s,
+            "redis_socket_connect_timeout": self.connect_timeout_s,
+            "redis_retry_on_timeout": True,
+            "result_expires": 24 * 3600,
+            "task_default_queue": defaults.DEFAULT_QUEUE,
+            "worker_send_task_events": True,
+            "task_send_sent_event": True,
+            "worker_hijack_root_logger": False,
+        }
+
     def describe(self) -> dict[str, str]:
         """Settings as strings with passwords and the signing key masked, safe to log."""
         from modelstore.engine import redact_url
@@ -101,3 +131,18 @@ class Settings:
             else:
                 out[f.name] = str(value)
         return out
+
+
+def _kombu_url(url: str) -> str:
+    # kombu's filesystem transport takes its folders from transport options, not the URL.
+    return "filesystem://" if url.startswith("filesystem://") else url
+
+
+def _filesystem_folders(url: str) -> dict[str, Any]:
+    """filesystem:///some/dir → queue and control folders below that directory."""
+    root = Path(url.removeprefix("filesystem://") or defaults.FILESYSTEM_BROKER_DIR)
+    queue, control = root / "queue", root / "control"
+    for folder in (queue, control):
+        folder.mkdir(parents=True, exist_ok=True)
+    return {"data_folder_in": str(queue), "data_folder_out": str(queue),
+            "control_folder": str(control), "polling_interval": 0.05}

@@ -1,0 +1,119 @@
+"""Shared fixtures: fresh Postgres databases, SQLite files, a Redis database.
+
+With CI=true an unreachable Postgres or Redis fails the test; elsewhere it skips.
+TEST_DATABASE_URL overrides the Postgres server URL (any database on the server).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+
+from modelstore.engine import dispose_engines
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_SERVER_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def unavailable(what: str, exc: BaseException) -> None:
+    """Fail under CI, skip elsewhere."""
+    message = f"{what} unreachable: {type(exc).__name__}: {exc}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _server_url() -> URL:
+    url = make_url(PG_SERVER_URL)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg2")
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[object]:
+    """An autocommit engine on the server's admin database."""
+    engine = create_engine(_server_url(), isolation_level="AUTOCOMMIT",
+                           connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means the server is unusable
+        engine.dispose()
+        unavailable(f"PostgreSQL at {_server_url().render_as_string(hide_password=True)}", exc)
+    yield engine
+    engine.dispose()
+
+
+def create_database(admin: object) -> str:
+    name = f"predq_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:  # type: ignore[attr-defined]
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    return _server_url().set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin: object, url: str) -> None:
+    dispose_engines()
+    name = make_url(url).database
+    with admin.connect() as conn:  # type: ignore[attr-defined]
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_url(pg_admin: object) -> Iterator[str]:
+    """A fresh, empty Postgres database for one test, dropped afterwards."""
+    url = create_database(pg_admin)
+    try:
+        yield url
+    finally:
+        drop_database(pg_admin, url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite database file for one test."""
+    yield f"sqlite:///{tmp_path / 'predq.db'}"
+    dispose_engines()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The same test on SQLite and on a fresh Postgres database."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database index of its own, flushed before and after the test."""
+    db = 8 + (os.getpid() % 7)
+    url = f"{REDIS_SERVER_URL}/{db}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {REDIS_SERVER_URL}", exc)
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PREDQ_MODEL_DIR pointed at an empty temporary folder."""
+    path = tmp_path / "models"
+    path.mkdir()
+    monkeypatch.setenv("PREDQ_MODEL_DIR", str(path))
+    monkeypatch.delenv("PREDQ_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("PREDQ_ARTIFACT_CACHE_DIR", raising=False)
+    return path
