@@ -1,0 +1,105 @@
+"""Micro-batching of single-row predict tasks inside one worker process.
+
+Task threads (Celery's threads pool) hand their row to the model's batcher and wait. The
+batcher thread takes whatever is queued right now, up to `max_batch_size`, predicts it in
+ONE model call, logs it with ONE bulk write, and only then releases the waiting tasks, so
+each task is acknowledged after its row is durable. A lone request is never held back:
+there is no wait for company (Triton's zero-delay default); rows that arrive while a
+batch runs form the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from workers.execute import ServingModel, execute
+from workers.validation import Limits
+from workers.writer import PredictionWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    features: object
+    request_id: str
+    future: Future[dict[str, Any]]
+
+
+class Batcher:
+    """One per (process, model name)."""
+
+    def __init__(self, name: str, model: Callable[[], ServingModel], writer: PredictionWriter,
+                 limits: Limits, max_batch_size: int,
+                 before_batch: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self._model = model
+        self._writer = writer
+        self._limits = limits
+        self._max = max_batch_size
+        self._before_batch = before_batch
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"predq-batcher-{name}",
+                                        daemon=True)
+        self._thread.start()
+        self.batches = 0
+        self.rows = 0
+
+    def submit(self, features: object, request_id: str) -> Future[dict[str, Any]]:
+        future: Future[dict[str, Any]] = Future()
+        self._queue.put(_Item(features, request_id, future))
+        return future
+
+    def close(self) -> None:
+        """Finish what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _take(self) -> tuple[list[_Item], bool]:
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        items = [first]
+        while len(items) < self._max:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return items, True
+            items.append(nxt)
+        return items, False
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            items, stopping = self._take()
+            if items:
+                self._process(items)
+
+    def _process(self, items: list[_Item]) -> None:
+        try:
+            if self._before_batch is not None:
+                self._before_batch()
+            model = self._model()
+            outcome = execute(model, [i.features for i in items], [i.request_id for i in items],
+                              self._limits, single_rows=True)
+            self._writer.write(outcome.rows)
+        except Exception as exc:
+            log.exception("batch of %d rows for model %r failed", len(items), self.name)
+            for item in items:
+                item.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.rows += len(items)
+        for item, result in zip(items, outcome.results, strict=True):
+            if "error" not in result:
+                result["model_version"] = model.version
+                result["model_sha256"] = model.sha256
+            item.future.set_result(result)

@@ -1,0 +1,76 @@
+"""The Celery app: `celery -A workers worker` starts a predq worker.
+
+Settings are parsed once here, at the entry point. Serving state is created per process
+after any fork (worker_process_init for prefork children, worker_ready for the threads
+and solo pools) and closed on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+
+from modelstore.defaults import DEFAULT_MODEL_NAME
+from modelstore.engine import redact_url
+from modelstore.errors import PredqError
+from modelstore.settings import Settings
+from workers import control
+from workers.state import close_state, get_state
+from workers.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("predq")
+    app.conf.update(settings.celery_config())
+    register_tasks(app, settings)
+    _connect_signals(settings)
+    return app
+
+
+def _warm(settings: Settings) -> None:
+    """Load the default model before the first task, so it serves current production."""
+    try:
+        get_state(settings).slot(DEFAULT_MODEL_NAME)
+    except PredqError as exc:
+        log.warning("no %r model to preload yet: %s", DEFAULT_MODEL_NAME, exc)
+
+
+def _connect_signals(settings: Settings) -> None:
+    forks = {"value": False}
+
+    @worker_init.connect(weak=False)
+    def on_init(sender: Any = None, **_: Any) -> None:
+        pool = str(getattr(sender, "pool_cls", "")).lower()
+        forks["value"] = "prefork" in pool or "processes" in pool
+        control.set_pool_kind("prefork" if forks["value"] else "threads")
+        log.info("predq worker: broker %s, database %s, settings %s",
+                 redact_url(settings.broker_url), redact_url(settings.database_url),
+                 settings.describe())
+
+    @worker_process_init.connect(weak=False)
+    def on_child(**_: Any) -> None:
+        _warm(settings)
+
+    @worker_ready.connect(weak=False)
+    def on_ready(**_: Any) -> None:
+        if not forks["value"]:
+            _warm(settings)
+
+    @worker_process_shutdown.connect(weak=False)
+    def on_child_exit(**_: Any) -> None:
+        close_state()
+
+    @worker_shutdown.connect(weak=False)
+    def on_shutdown(**_: Any) -> None:
+        close_state()

@@ -1,0 +1,57 @@
+"""Remote-control commands: predq_promote, predq_reload, predq_serving.
+
+They run in the node's main process and must stay fast (a slow command blocks the node's
+consumer), so they only wake the background refresher and reply with what the node
+serves right now; callers poll predq_serving for the confirmation. With the threads pool
+(predq's default) the main process is the serving process.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from celery.worker.control import control_command
+
+from workers.state import current_state
+
+_POOL = {"kind": "unknown"}
+
+
+def set_pool_kind(kind: str) -> None:
+    _POOL["kind"] = kind
+
+
+def node_status() -> dict[str, Any]:
+    state = current_state()
+    processes = [state.status()] if state is not None else []
+    return {"hostname": socket.gethostname(), "pool": _POOL["kind"], "processes": processes}
+
+
+@control_command(
+    args=[("model", str), ("generation", int)],
+    signature="[model [generation]]",
+)
+def predq_promote(panel: Any, model: str | None = None, generation: int | None = None,
+                  promoted_at: float | None = None, **_: Any) -> dict[str, Any]:
+    """Start converging to the new production generation; reply without waiting."""
+    state = current_state()
+    if state is not None:
+        state.request_refresh(model, promoted_at or time.time())
+    return node_status()
+
+
+@control_command(args=[("model", str)], signature="[model]")
+def predq_reload(panel: Any, model: str | None = None, **_: Any) -> dict[str, Any]:
+    """Drop cached models and load production again (in the background)."""
+    state = current_state()
+    if state is not None:
+        state.reload(model)
+    return node_status()
+
+
+@control_command()
+def predq_serving(panel: Any, **_: Any) -> dict[str, Any]:
+    """What every serving process of this node serves now."""
+    return node_status()

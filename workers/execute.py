@@ -1,0 +1,119 @@
+"""One batch through one model object: validate, predict once, build results and log rows.
+
+Every result and logged row carries the version and sha256 of the model object that
+computed it (invariant 1), taken from the same snapshot used to predict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from modelstore.loader import LoadedModel
+from modelstore.predictions import PredictionRow
+from workers import inference
+from workers.validation import FeatureSpec, Limits, check_request_id, to_frame, validate_rows
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A loaded model as one serving process holds it."""
+
+    loaded: LoadedModel
+    spec: FeatureSpec | None
+    generation: int | None
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def version(self) -> str:
+        return self.loaded.model_version
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.sha256
+
+    @classmethod
+    def wrap(cls, loaded: LoadedModel, generation: int | None) -> ServingModel:
+        return cls(loaded, FeatureSpec.from_schema(loaded.feature_schema), generation)
+
+
+@dataclass
+class Outcome:
+    results: list[dict[str, Any]]
+    rows: list[PredictionRow]
+
+
+def request_id_errors(request_ids: Sequence[object], single_rows: bool) -> dict[int, str]:
+    """Malformed ids; in a real batch also repeated ids (one row would serve two items)."""
+    errors: dict[int, str] = {}
+    seen: dict[object, int] = {}
+    for i, rid in enumerate(request_ids):
+        problem = check_request_id(rid, "request_id" if single_rows else f"request_ids[{i}]")
+        if problem:
+            errors[i] = problem
+        elif not single_rows and rid in seen:
+            errors[i] = f"request_ids[{i}]: duplicate of request_ids[{seen[rid]}] ({rid!r:.60})"
+        else:
+            seen[rid] = i
+    return errors
+
+
+def execute(model: ServingModel, features: Sequence[object], request_ids: Sequence[str],
+            limits: Limits, *, single_rows: bool = False) -> Outcome:
+    """Results in input order: {request_id, prediction, confidence} or {request_id, error}.
+
+    With `single_rows` the items are independent one-row requests (the micro-batcher):
+    errors are not prefixed with a batch position and repeated request_ids are allowed
+    (a redelivered message; the log keeps one row).
+    """
+    ok_idx, clean, errors = validate_rows(features, model.spec, limits)
+    if single_rows:
+        errors = {i: _strip_position(i, m) for i, m in errors.items()}
+        errors.update(request_id_errors(request_ids, True))
+    else:
+        errors.update(request_id_errors(request_ids, False))
+    keep = [(i, row) for i, row in zip(ok_idx, clean, strict=True) if i not in errors]
+    values = _predict(model, [row for _, row in keep])
+    results: list[dict[str, Any]] = [{} for _ in features]
+    rows: list[PredictionRow] = []
+    for i, message in errors.items():
+        results[i] = {"request_id": _rid(request_ids[i]), "error": message}
+    for pos, (i, row) in enumerate(keep):
+        value = values[pos]
+        if isinstance(value, str):
+            where = "" if single_rows else f"rows[{i}]."
+            results[i] = {"request_id": request_ids[i], "error": where + value}
+            continue
+        prediction, confidence = value
+        results[i] = {"request_id": request_ids[i], "prediction": prediction,
+                      "confidence": confidence}
+        rows.append({"request_id": request_ids[i], "model_name": model.loaded.model_name,
+                     "model_version": model.version, "model_sha256": model.sha256,
+                     "input_features": row, "predicted_value": prediction,
+                     "confidence_score": confidence})
+    return Outcome(results, rows)
+
+
+def _strip_position(i: int, message: str) -> str:
+    prefix = f"rows[{i}]."
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _rid(value: object) -> str | None:
+    return value if isinstance(value, str) and len(value) <= 200 else None
+
+
+def _predict(model: ServingModel, clean: list[dict[str, object]]
+             ) -> list[tuple[float, float | None] | str]:
+    if not clean:
+        return []
+    frame = to_frame(clean, model.spec)
+    try:
+        preds, conf = inference.predict_frame(model.loaded.artifact, frame)
+        return [(inference.as_float(p), None if conf is None else float(conf[k]))
+                for k, p in enumerate(preds)]
+    except Exception:  # noqa: BLE001 - isolate the offending rows below
+        by_pos = inference.per_row(model.loaded.artifact, frame, range(len(clean)))
+        return [by_pos[k] for k in range(len(clean))]
