@@ -62,9 +62,12 @@ def encode_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
     lines: list[str] = []
     for i, row in enumerate(rows):
         record = dict(row)
-        if record.get("prediction_time") is None:
+        when = record.get("prediction_time")
+        if when is None:
             stamp = stamp or datetime.now(UTC).replace(tzinfo=None).isoformat()
             record["prediction_time"] = stamp
+        elif type(when) is datetime:
+            record["prediction_time"] = when.isoformat()  # cheaper than the encoder's default
         try:
             lines.append(_ENCODER.encode(record))
         except (TypeError, ValueError) as exc:
@@ -163,17 +166,19 @@ class Spool:
         tmp = self.directory / f"{TMP_PREFIX}{name}"
         final = self.directory / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                     0o644)
-        named = False
+                     0o600)  # rows hold callers' input features
+        named = ready = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(tmp, final)
             named = True
             if self._fsync:
                 _fsync_directory(self.directory)
+            ready = True
         finally:
+            if not ready:
+                os.close(fd)  # an empty named segment is harmless: replay deletes it
             if not named:
-                os.close(fd)
                 tmp.unlink(missing_ok=True)
         return _Segment(fd, final, 0, os.getpid())
 
@@ -217,8 +222,10 @@ class Spool:
         try:
             with path.open("rb") as fh:
                 inode = os.fstat(fh.fileno()).st_ino
-                known = cached is not None and cached[0] == inode
-                offset, lines = (cached[1], cached[2]) if known and cached else (0, 0)
+                if cached is not None and cached[0] == inode:
+                    _, offset, lines = cached
+                else:
+                    offset, lines = 0, 0
                 fh.seek(offset)
                 while chunk := fh.read(1 << 20):
                     lines += chunk.count(b"\n")

@@ -105,7 +105,8 @@ class FeatureSpec:
 
 
 def _list_columns(columns: Sequence[str]) -> str:
-    shown = ", ".join(_echo_text(c) for c in columns[:_LISTED_COLUMNS])
+    shown = ", ".join(c if _PLAIN_KEY_RE.fullmatch(c) else _echo_text(c)
+                      for c in columns[:_LISTED_COLUMNS])
     if len(columns) > _LISTED_COLUMNS:
         shown += f", ... ({len(columns)} in all)"
     return shown
@@ -233,7 +234,10 @@ def _check_number(value: object, limits: Limits, expected: str) -> tuple[object,
     # so the logged row stays JSON-serializable.
     if isinstance(value, bool | np.bool_) or not isinstance(value, Real):
         return None, f"expected {expected}, got {_describe(value)}"
-    number: int | float = int(value) if isinstance(value, Integral) else float(value)
+    try:
+        number: int | float = int(value) if isinstance(value, Integral) else float(value)
+    except OverflowError:  # e.g. a Fraction beyond float range
+        return None, f"out of range: magnitude must be at most {limits.max_abs_number:g}"
     if isinstance(number, float) and not math.isfinite(number):
         return None, f"must be a finite number, got {number!r}"
     if not -limits.max_abs_number <= number <= limits.max_abs_number:
