@@ -8,6 +8,7 @@ and solo pools) and closed on shutdown.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from celery import Celery
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> Celery:
     app = Celery("predq")
     app.conf.update(settings.celery_config())
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport = "workers.transport:ReliableTransport"
+        if settings.broker_url.startswith("rediss://") and not app.conf.broker_use_ssl:
+            # An explicit transport bypasses kombu's rediss:// scheme check: verify certs.
+            app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     register_tasks(app, settings)
     _connect_signals(settings)
     return app
@@ -54,6 +60,9 @@ def _connect_signals(settings: Settings) -> None:
         pool = str(getattr(sender, "pool_cls", "")).lower()
         forks["value"] = "prefork" in pool or "processes" in pool
         control.set_pool_kind("prefork" if forks["value"] else "threads")
+        if not settings.log_tasks:
+            # Celery logs every success with its full result at INFO: costly at 1,000s/s.
+            logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
         log.info("predq worker: broker %s, database %s, settings %s",
                  redact_url(settings.broker_url), redact_url(settings.database_url),
                  settings.describe())

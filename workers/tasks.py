@@ -36,6 +36,11 @@ def _unexpected(extra: dict[str, Any]) -> str | None:
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
+    @app.task(name="predq.ping", typing=False)
+    def ping(*_args: object, **_kwargs: object) -> str:
+        """A health check; also the benchmarks' no-op baseline through the same config."""
+        return "pong"
+
     @app.task(name="predq.predict", bind=True, typing=False)
     def predict(self: Task, features: object = None, model: object = DEFAULT_MODEL_NAME,
                 request_id: object = None, version: object = None, *args: object,

@@ -1,0 +1,75 @@
+"""Invariant 3: a SIGKILLed worker loses no prediction and duplicates none."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.support import models
+from tests.support.workerproc import WorkerProcess, client_app, worker_env
+
+pytestmark = pytest.mark.e2e
+
+TASKS = 2_000
+
+
+def counts(url: str) -> tuple[int, int]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT count(*), count(DISTINCT request_id) "
+                                    "FROM model_predictions")).one()
+            return int(row[0]), int(row[1])
+    finally:
+        engine.dispose()
+
+
+def logged_ids(url: str) -> set[str]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(text("SELECT request_id FROM model_predictions")).scalars())
+    finally:
+        engine.dispose()
+
+
+def wait_for_rows(url: str, at_least: int, timeout: float) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout
+    found = counts(url)
+    while found[0] < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = counts(url)
+    return found
+
+
+def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
+        pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    models.register(pg_url, "v1")
+    env = worker_env(pg_url, redis_url, tmp_path, PREDQ_VISIBILITY_TIMEOUT="5")
+    app = client_app(env)
+    feats = models.rows(TASKS)
+    first = WorkerProcess(env, "victim", tmp_path / "victim.log", concurrency=16)
+    second = WorkerProcess(env, "survivor", tmp_path / "survivor.log", concurrency=16)
+    try:
+        first.start()
+        first.wait_ready(app)
+        for i, f in enumerate(feats):
+            app.send_task("predq.predict", kwargs={"features": f, "request_id": f"kill-{i}"},
+                          ignore_result=True)
+        before_kill = wait_for_rows(pg_url, TASKS // 4, timeout=60)[0]
+        first.kill()
+        assert 0 < before_kill < TASKS, "the kill must land mid-stream"
+        second.start()
+        second.wait_ready(app)
+        total, distinct = wait_for_rows(pg_url, TASKS, timeout=120)
+    finally:
+        first.stop()
+        second.stop()
+    missing = sorted(set(f"kill-{i}" for i in range(TASKS)) - logged_ids(pg_url))
+    assert total == distinct == TASKS, (
+        f"after SIGKILL at {before_kill} rows: {total} rows, {distinct} distinct, want {TASKS}; "
+        f"missing {missing[:10]}; victim log mentions: "
+        f"{[m for m in missing if m in first.log_tail(10**7)]}")
