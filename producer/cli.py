@@ -1,0 +1,211 @@
+"""The `predq` command line: workers, predictions, registration, the store and the demo.
+
+Ops commands (promote, rollback, reload, serving, models, history, backfill, stats) live
+in producer.cli_ops. Logging is configured in `main()` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from rich.console import Console
+from rich.logging import RichHandler
+
+from modelstore.engine import redact_url
+from modelstore.errors import PredqError
+from producer import cli_ops, cli_register
+from producer.cli_context import CliState, state
+from producer.files import read_table, results_frame, write_table
+from producer.worker_procs import worker_command
+
+log = logging.getLogger(__name__)
+
+
+class PredqGroup(click.Group):
+    """Turns predq errors, missing files and timeouts into one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (PredqError, CeleryTimeoutError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+
+
+@click.group(cls=PredqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """predq: message-queue prediction workers with a Postgres model registry.
+
+    Configuration comes from the environment (DATABASE_URL, PREDQ_BROKER_URL, ...; see the
+    README).
+    """
+    cli_state = ctx.ensure_object(CliState)
+    ctx.call_on_close(cli_state.close)
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...]) -> None:
+    """Run a worker: `celery -A workers worker --pool threads` with predq's defaults.
+
+    Extra arguments go to celery (e.g. `predq worker -n w1@%h --loglevel DEBUG`).
+    """
+    argv = worker_command(state().settings.worker_threads, celery_args)
+    log.info("exec %s", " ".join(argv))
+    exec_process(argv)
+
+
+def exec_process(argv: list[str]) -> None:
+    """Replace this process (a seam tests replace)."""
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+@cli.command()
+@click.argument("row", required=False)
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="A .csv or .parquet file of feature rows.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where results go (.csv or .parquet); default <input>.predictions.csv.")
+@click.option("--model", default="default", show_default=True, help="Model name.")
+@click.option("--model-version", default=None, help="Pin a stored version, not production.")
+@click.option("--request-id", default=None, help="Request id of a single ROW.")
+@click.option("--id-column", default="request_id", show_default=True,
+              help="Input column used as request_id when present.")
+@click.option("--exclude", multiple=True, help="Input column not sent as a feature "
+              "(repeatable, e.g. --exclude price).")
+@click.option("--chunk-size", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for each result.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: when stderr is a terminal).")
+def predict(row: str | None, input_path: Path | None, output: Path | None, model: str,
+            model_version: str | None, request_id: str | None, id_column: str,
+            exclude: tuple[str, ...], chunk_size: int, timeout: float,
+            progress: bool | None) -> None:
+    """Predict one JSON ROW (printed as JSON), or every row of --input into --output."""
+    if (row is None) == (input_path is None):
+        raise click.UsageError("give either one JSON ROW or --input FILE, not both or neither")
+    if row is not None:
+        result = state().client.predict(_parse_row(row), model=model, request_id=request_id,
+                                        timeout=timeout, version=model_version)
+        click.echo(json.dumps(result))
+        return
+    assert input_path is not None
+    _predict_file(input_path, output, model, model_version, id_column, exclude, chunk_size,
+                  timeout, progress)
+
+
+def _parse_row(row: str) -> dict[str, Any]:
+    try:
+        value = json.loads(row)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc.msg} at char {exc.pos}",
+                                 param_hint="ROW") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"expected a JSON object of features, got "
+                                 f"{type(value).__name__}", param_hint="ROW")
+    return value
+
+
+def _predict_file(input_path: Path, output: Path | None, model: str, version: str | None,
+                  id_column: str, exclude: tuple[str, ...], chunk_size: int, timeout: float,
+                  progress: bool | None) -> None:
+    frame = read_table(input_path)
+    missing = [c for c in exclude if c not in frame.columns]
+    if missing:
+        raise click.BadParameter(f"column(s) {', '.join(missing)} not in {input_path}",
+                                 param_hint="--exclude")
+    ids = frame[id_column].astype(str).tolist() if id_column in frame.columns else None
+    features = frame.drop(columns=[*exclude, *([id_column] if ids else [])])
+    results = state().client.predict_many(features, chunk_size=chunk_size, model=model,
+                                          timeout=timeout, progress=progress,
+                                          request_ids=ids, version=version)
+    target = output or input_path.with_suffix(".predictions.csv")
+    out = results_frame(results)
+    write_table(out, target)
+    errors = int(out["error"].notna().sum())
+    versions = out["model_version"].dropna().value_counts().to_dict()
+    served = ", ".join(f"{v} ({n})" for v, n in versions.items()) or "none"
+    click.echo(f"wrote {len(out)} results to {target}: {errors} error(s); versions: {served}")
+
+
+@cli.group()
+def db() -> None:
+    """Create or migrate the model store schema."""
+
+
+@db.command("init")
+def db_init() -> None:
+    """Create the schema on an empty database (a no-op when it is current)."""
+    cli_state = state()
+    cli_state.db()
+    click.echo(f"predq schema ready at {redact_url(cli_state.settings.database_url)}")
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate an older schema (the seed's tables, or an older predq) to the current one."""
+    try:
+        from modelstore.migrate import upgrade
+    except ImportError as exc:
+        raise click.ClickException(f"db upgrade: modelstore.migrate is unavailable: {exc}"
+                                   ) from exc
+    settings = state().settings
+    url = settings.database_url
+    steps = upgrade(url, signing_key=settings.signing_key,
+                    connect_timeout_s=settings.connect_timeout_s)
+    for step in steps:
+        click.echo(f"applied: {step}")
+    click.echo(f"{redact_url(url)}: schema is current" + ("" if steps else " (nothing to do)"))
+
+
+@cli.command()
+@click.option("--dir", "workdir", default=".predq-demo", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Work directory (wiped first; only one the demo created).")
+@click.option("--rows", default=3000, show_default=True, type=click.IntRange(min=10),
+              help="Rows predicted before and after the promote.")
+@click.option("--model", default=None,
+              help="Model name (default: 'default' embedded, 'demo' on real services).")
+def demo(workdir: Path, rows: int, model: str | None) -> None:
+    """Train, register, serve through two real workers, backfill, promote v2, report.
+
+    Runs with no services (SQLite + a filesystem broker) unless DATABASE_URL and
+    PREDQ_BROKER_URL are both set, in which case it uses them.
+    """
+    from producer.demo import DemoConfig, run_demo
+
+    console = state().out
+    run_demo(DemoConfig(workdir=workdir, rows=rows, model=model), console, os.environ)
+
+
+cli.add_command(cli_register.register)
+for _command in cli_ops.COMMANDS:
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: configure logging, then run the click group."""
+    level = os.environ.get("PREDQ_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=False,
+                                              console=Console(stderr=True))])
+    cli.main(args=argv, prog_name="predq")
+
+
+if __name__ == "__main__":
+    main()

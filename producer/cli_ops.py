@@ -1,0 +1,152 @@
+"""Ops commands: promote, rollback, reload, serving, models, history, backfill, stats."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from producer import tables
+from producer.cli_context import state
+from producer.serving import PromoteReport, ServingRow
+
+UNCONFIRMED_EXIT = 3
+"""Exit code when the database moved but some worker process did not confirm in time."""
+
+_model = click.option("--model", default="default", show_default=True, help="Model name.")
+_timeout = click.option("--timeout", default=10.0, show_default=True,
+                        type=click.FloatRange(min=0.1),
+                        help="Seconds to wait for every process to confirm.")
+_reason = click.option("--reason", default=None, help="Why, for the promotion history.")
+_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, default=str, indent=1))
+
+
+def _rows_json(rows: list[ServingRow]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(r) for r in rows]
+
+
+def confirm_switch(report: PromoteReport) -> None:
+    """Print what moved and who confirmed; exit 3 naming the processes that did not."""
+    cli_state = state()
+    cli_state.out.print(tables.promote_summary(report))
+    rows = sorted(report.confirmed + report.unconfirmed + report.idle,
+                  key=lambda r: (r.node, r.pid or 0))
+    if rows:
+        cli_state.out.print(tables.serving_table(rows, "Serving after the switch",
+                                                 report.to_version))
+    problem = report.problem()
+    if problem:
+        click.echo(f"Error: {problem}", err=True)
+        click.get_current_context().exit(UNCONFIRMED_EXIT)
+
+
+@click.command()
+@click.argument("version")
+@_model
+@_timeout
+@_reason
+def promote(version: str, model: str, timeout: float, reason: str | None) -> None:
+    """Make VERSION production and wait until every worker process serves it."""
+    confirm_switch(state().client.promote(version, model, timeout=timeout, reason=reason))
+
+
+@click.command()
+@click.option("--to", "to_version", default=None,
+              help="Version to go back to (default: the previous production version).")
+@_model
+@_timeout
+@_reason
+def rollback(to_version: str | None, model: str, timeout: float, reason: str | None) -> None:
+    """Go back to an earlier production version, confirmed like promote."""
+    confirm_switch(state().client.rollback(to_version, model, timeout=timeout, reason=reason))
+
+
+@click.command()
+@click.option("--model", default=None, help="Only this model (default: every model).")
+@click.option("--timeout", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to collect replies.")
+@_json
+def reload(model: str | None, timeout: float, as_json: bool) -> None:
+    """Make every worker drop its caches and reload production."""
+    rows = state().client.reload(model, timeout=timeout)
+    _print_serving(rows, "Reloaded", as_json)
+
+
+@click.command()
+@click.option("--model", default=None, help="Only this model (default: every model).")
+@click.option("--timeout", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to collect replies.")
+@_json
+def serving(model: str | None, timeout: float, as_json: bool) -> None:
+    """What every process of every worker serves: version, generation, source."""
+    _print_serving(state().client.serving(model, timeout=timeout), "Serving", as_json)
+
+
+def _print_serving(rows: list[ServingRow], title: str, as_json: bool) -> None:
+    if as_json:
+        _echo_json(_rows_json(rows))
+        return
+    if not rows:
+        click.echo("Error: no worker replied", err=True)
+        click.get_current_context().exit(UNCONFIRMED_EXIT)
+    state().out.print(tables.serving_table(rows, title))
+
+
+@click.command()
+@click.option("--model", default=None, help="Only this model name.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@_json
+def models(model: str | None, limit: int, as_json: bool) -> None:
+    """Stored model versions, newest first."""
+    rows = state().db().list_models(limit=limit, model_name=model)
+    if as_json:
+        _echo_json(rows)
+    else:
+        state().out.print(tables.models_table(rows))
+
+
+@click.command()
+@click.option("--model", default=None, help="Only this model name.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@_json
+def history(model: str | None, limit: int, as_json: bool) -> None:
+    """Promotions and rollbacks: who, when, from, to, why."""
+    rows = state().db().promotion_history(model_name=model, limit=limit)
+    if as_json:
+        _echo_json(rows)
+    else:
+        state().out.print(tables.history_table(rows))
+
+
+@click.command()
+@click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1))
+def backfill(csv_file: Path, timeout: float) -> None:
+    """Record actual values from CSV_FILE (columns request_id,actual_value)."""
+    outcome = state().client.backfill(csv_file, timeout=timeout)
+    click.echo(f"updated {outcome['updated']}, unknown {len(outcome['unknown'])}, "
+               f"invalid {len(outcome['invalid'])}")
+    for rid, message in list(outcome["invalid"].items())[:10]:
+        click.echo(f"  invalid {rid}: {message}", err=True)
+
+
+@click.command()
+@click.option("--model", default=None, help="Only this model name.")
+@_json
+def stats(model: str | None, as_json: bool) -> None:
+    """Per version: predictions, labelled rows, label coverage, MAE and RMSE."""
+    rows = state().db().prediction_stats(model)
+    if as_json:
+        _echo_json(rows)
+    else:
+        state().out.print(tables.stats_table(rows))
+
+
+COMMANDS = (promote, rollback, reload, serving, models, history, backfill, stats)

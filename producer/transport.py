@@ -1,0 +1,104 @@
+"""How the producer reaches workers: a fast reachability check, and how an artifact
+travels to `predq.store_model` (a shared path or base64, never pickle in a message)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
+
+from modelstore.engine import redact_url
+from modelstore.settings import Settings
+from producer import payloads
+from producer.errors import BrokerUnavailable
+from producer.payloads import ArtifactPayload
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+
+
+def check_reachable(app: Any, settings: Settings) -> None:
+    """Raise BrokerUnavailable naming the (password-masked) URL when the broker or a Redis
+    result backend does not answer within the connect timeout."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2,
+                                   timeout=settings.connect_timeout_s)
+    except (KombuOperationalError, RedisError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"broker {redact_url(settings.broker_url)} unreachable: {exc}") from exc
+    if settings.result_backend.startswith(("redis://", "rediss://")):
+        try:
+            app.backend.client.ping()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"result backend {redact_url(settings.result_backend)} "
+                                    f"unreachable: {exc}") from exc
+
+
+def workers_share_filesystem(settings: Settings) -> bool:
+    """Whether workers can read this machine's files: a filesystem broker or a local one.
+
+    PREDQ_SHARED_ARTIFACT_PATHS=1/0 overrides the guess (e.g. a shared NFS mount).
+    """
+    forced = os.environ.get("PREDQ_SHARED_ARTIFACT_PATHS", "").strip().lower()
+    if forced in ("1", "true", "yes"):
+        return True
+    if forced in ("0", "false", "no"):
+        return False
+    if settings.broker_url.startswith("filesystem://"):
+        return True
+    return (urlsplit(settings.broker_url).hostname or "") in _LOCAL_HOSTS
+
+
+@contextmanager
+def artifact_for_task(artifact: object, settings: Settings) -> Iterator[ArtifactPayload | None]:
+    """The store_model payload for an artifact, or None when it cannot travel by task.
+
+    A file goes by path when workers share the filesystem, else as base64 under the cap.
+    An object goes as base64 under the cap, else through a temporary file under the model
+    dir (deleted afterwards) when workers share the filesystem.
+    """
+    shared = workers_share_filesystem(settings)
+    cap = settings.max_artifact_b64_bytes
+    if isinstance(artifact, str | Path) and shared:
+        path = Path(artifact).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"artifact {path}: no such file")
+        yield ArtifactPayload(str(path), None, payloads.describe_file(path),
+                              path.stat().st_size)
+        return
+    data, schema = payloads.artifact_bytes(artifact)
+    encoded = payloads.encode_b64(data, cap)
+    if encoded is not None:
+        yield ArtifactPayload(None, encoded, schema, len(data))
+    elif shared:
+        with _temporary_file(settings.model_dir / "incoming", data) as path:
+            yield ArtifactPayload(str(path), None, schema, len(data))
+    else:
+        yield None
+
+
+@contextmanager
+def _temporary_file(folder: Path, data: bytes) -> Iterator[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix="upload-", suffix=".joblib")
+    path = Path(name).resolve()
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def too_big_message(artifact: object, settings: Settings) -> str:
+    what = f"artifact {artifact}" if isinstance(artifact, str | Path) else "artifact"
+    return (f"{what}: too large for a base64 task (PREDQ_MAX_ARTIFACT_B64_BYTES="
+            f"{settings.max_artifact_b64_bytes}) and workers do not share this filesystem; "
+            "register with direct=True (CLI: --direct) or set PREDQ_SHARED_ARTIFACT_PATHS=1")

@@ -1,0 +1,110 @@
+"""docker-compose.yml parses, and every service built from this repo runs a real entry
+point: a `predq` command the click group accepts (options included) or `celery -A workers`
+with the workers package present. No Docker engine is needed."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from producer.cli import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+def commands_of(command: str | list[str]) -> list[list[str]]:
+    """The programs a service runs: `sh -c "a && b"` is split into a and b."""
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if argv[:2] == ["sh", "-c"]:
+        return [shlex.split(part) for part in argv[2].split("&&")]
+    return [argv]
+
+
+def check_predq(args: list[str]) -> None:
+    """Resolve subcommands through the click group and parse the leaf's options."""
+    command: click.Command = cli
+    ctx = click.Context(cli, info_name="predq")
+    while isinstance(command, click.Group):
+        assert args, f"predq {command.name}: no subcommand"
+        name, args = args[0], args[1:]
+        assert name in command.commands, f"predq has no subcommand {name!r}"
+        command = command.commands[name]
+    command.make_context(command.name, list(args), parent=ctx)
+
+
+def check_entry_point(argv: list[str]) -> None:
+    if argv[0] == "predq":
+        check_predq(argv[1:])
+    elif argv[0] == "celery":
+        assert argv[1:3] == ["-A", "workers"], f"celery app must be workers: {argv}"
+        assert (ROOT / "workers" / "__init__.py").is_file()
+        assert argv[3] in {"worker", "flower", "inspect", "status"}, argv
+    else:
+        raise AssertionError(f"unknown entry point {argv[0]!r} in {argv}")
+
+
+def test_every_repo_service_runs_a_real_entry_point(compose: dict[str, Any]) -> None:
+    built = {name: svc for name, svc in compose["services"].items()
+             if "build" in svc or str(svc.get("image", "")).startswith("predq")}
+    assert {"worker", "init"} <= set(built)
+    for name, svc in built.items():
+        assert "command" in svc, f"service {name} has no command"
+        for argv in commands_of(svc["command"]):
+            check_entry_point(argv)
+
+
+def test_the_entry_point_check_can_fail() -> None:
+    with pytest.raises(AssertionError, match="no subcommand 'serve'"):
+        check_entry_point(["predq", "serve"])
+    with pytest.raises(click.UsageError):
+        check_entry_point(["predq", "register", "--no-such-flag"])
+    with pytest.raises(AssertionError):
+        check_entry_point(["celery", "-A", "other", "worker"])
+
+
+def test_postgres_matches_the_seed_and_keeps_its_data(compose: dict[str, Any]) -> None:
+    pg = compose["services"]["postgres"]
+    assert pg["image"] == "postgres:15"
+    assert "5433:5432" in pg["ports"]
+    assert "POSTGRES_PASSWORD" in pg["environment"]
+    volume = pg["volumes"][0].split(":")[0]
+    assert volume in compose["volumes"]
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+
+
+def test_redis_workers_init_and_flower(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["redis"]["image"] == "redis:7"
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] == 2
+    assert worker["command"] == ["predq", "worker"]
+    assert worker["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    init = " ".join(services["init"]["command"])
+    assert "predq db init" in init and "predq register --demo" in init
+    assert services["init"]["restart"] == "no"
+    assert services["flower"]["profiles"] == ["flower"]
+    env = worker["environment"]
+    assert env["PREDQ_BROKER_URL"].startswith("redis://redis:")
+    assert "@postgres:5432/" in env["DATABASE_URL"]
+
+
+def test_dockerfile_builds_from_python_311_slim_and_installs_the_project() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert [line for line in text.splitlines() if line.startswith("FROM ")] == [
+        "FROM python:3.11-slim"]
+    assert "RUN pip install ." in text
+    for package in ("modelstore", "workers", "producer"):
+        assert f"COPY {package} ./{package}" in text
