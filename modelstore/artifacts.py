@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +45,25 @@ def sign(sha256: str, key: bytes) -> str:
 def verify(data: bytes, sha256: str | None, signature: str | None, key: bytes | None,
            label: str) -> str:
     """Check digest and signature of `data`; returns the digest. Raises before any unpickling."""
+    actual = sha256_hex(data)
+    check_digest(actual, sha256, signature, key, label)
+    return actual
+
+
+def check_digest(actual: str, sha256: str | None, signature: str | None, key: bytes | None,
+                 label: str) -> None:
+    """Compare a digest computed from the bytes with the recorded one, then the signature."""
     if not sha256:
         raise ArtifactIntegrityError(
             f"artifact {label} has no recorded sha256; refusing to deserialize it "
             "(run `predq db upgrade` to record digests of legacy rows you trust)"
         )
-    actual = sha256_hex(data)
     if not hmac.compare_digest(actual, sha256):
         raise ArtifactIntegrityError(
             f"artifact {label} is corrupt: sha256 {actual[:12]}… does not match the recorded "
             f"{sha256[:12]}…; refusing to deserialize it"
         )
     verify_signature(sha256, signature, key, label)
-    return actual
 
 
 def verify_signature(sha256: str, signature: str | None, key: bytes | None, label: str) -> None:
@@ -73,9 +80,16 @@ def verify_signature(sha256: str, signature: str | None, key: bytes | None, labe
 
 
 def deserialize(data: bytes, sha256: str | None, signature: str | None, key: bytes | None,
-                label: str) -> Any:
-    """Verify, then load. The only path from bytes to a model object."""
-    verify(data, sha256, signature, key, label)
+                label: str, *, computed_sha256: str | None = None) -> Any:
+    """Verify, then load. The only path from bytes to a model object.
+
+    `computed_sha256` spares hashing twice when the caller hashed exactly `data` while
+    receiving it (blobs.fetch_verified); it is compared with the recorded digest all the same.
+    """
+    if computed_sha256 is None:
+        verify(data, sha256, signature, key, label)
+    else:
+        check_digest(computed_sha256, sha256, signature, key, label)
     return joblib.load(io.BytesIO(data))
 
 
@@ -126,6 +140,8 @@ class ArtifactCache:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._writers: list[threading.Thread] = []
+        self._lock = threading.Lock()
 
     def path_for(self, sha256: str) -> Path:
         return self.directory / f"{sha256}.joblib"
@@ -146,8 +162,30 @@ class ArtifactCache:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, self.path_for(sha256))
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, self.path_for(sha256))
+            finally:
+                Path(tmp).unlink(missing_ok=True)
         except OSError as exc:
             log.warning("could not write artifact cache %s: %s", self.directory, exc)
+
+    def put_in_background(self, sha256: str, data: bytes) -> None:
+        """`put` on a thread: writing 32 MB (~30 ms) stays off the load's critical path.
+
+        Atomic rename means an interrupted write leaves at most a stray temp file.
+        """
+        writer = threading.Thread(target=self.put, args=(sha256, data),
+                                  name=f"predq-cache-{sha256[:8]}", daemon=True)
+        with self._lock:
+            self._writers = [w for w in self._writers if w.is_alive()]
+            self._writers.append(writer)
+        writer.start()
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Block until background writes are done (tests, and a clean shutdown)."""
+        with self._lock:
+            writers = list(self._writers)
+        for writer in writers:
+            writer.join(timeout_s)

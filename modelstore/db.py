@@ -10,28 +10,26 @@ import getpass
 import math
 import os
 import socket
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, and_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
-from modelstore import artifacts, defaults, monitoring, predictions, promotion, schema
+from modelstore import artifacts, blobs, defaults, monitoring, predictions, promotion, schema
 from modelstore.engine import get_engine, redact_url, translate_errors
-from modelstore.errors import DuplicateModelVersion, InvalidInput, StoreError
+from modelstore.errors import DuplicateModelVersion, InvalidInput
 from modelstore.predictions import BackfillResult, PredictionRow
 from modelstore.promotion import Pointer, PromotionResult
 from modelstore.versions import new_version
 
 A = schema.model_artifacts
-T = TypeVar("T")
-_BUSY_RETRIES = 8
+_AUTO_VERSION_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -91,18 +89,6 @@ class ModelEvaluationDB:
         with translate_errors(action, **ids), self.engine.begin() as conn:
             yield conn
 
-    def _retrying(self, fn: Callable[[], T]) -> T:
-        """Retry SQLite's 'database is locked' between concurrent writers."""
-        for attempt in range(_BUSY_RETRIES):
-            try:
-                return fn()
-            except StoreError as exc:
-                locked = isinstance(exc.__cause__, OperationalError) and "locked" in str(exc)
-                if not locked or attempt == _BUSY_RETRIES - 1:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
-
     # -- models ---------------------------------------------------------------------------
 
     def store_model(self, run_id: str, model_version: str | None, model_type: str,
@@ -138,16 +124,22 @@ class ModelEvaluationDB:
                "signature": artifacts.sign(sha, self.signing_key) if self.signing_key else None,
                "feature_schema": feature_schema}
 
-        def attempt() -> StoredModel:
-            return self._store_once(row, model_version, all_metrics, is_production,
-                                    by or default_actor(), reason)
-
-        return self._retrying(attempt)
+        # An auto version lost to a concurrent store in the same second: pick the next suffix.
+        tries = 1 if model_version is not None else _AUTO_VERSION_TRIES
+        for n in range(tries):
+            try:
+                return self._store_once(row, model_version, all_metrics, is_production,
+                                        by or default_actor(), reason)
+            except DuplicateModelVersion:
+                if n == tries - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _store_once(self, row: dict[str, Any], requested: str | None,
                     metrics: dict[str, float], is_production: bool, by: str,
                     reason: str | None) -> StoredModel:
         name = row["model_name"]
+        version = requested
         try:
             with self._tx("storing model", model_name=name, model_version=requested,
                           run_id=row["run_id"]) as conn:
@@ -163,7 +155,7 @@ class ModelEvaluationDB:
                                                reason=reason, signing_key=self.signing_key)
         except IntegrityError as exc:
             raise DuplicateModelVersion(
-                f"model {name!r} version {requested!r} (run_id {row['run_id']!r}) is already "
+                f"model {name!r} version {version!r} (run_id {row['run_id']!r}) is already "
                 "stored; choose another version") from exc
         return StoredModel(name, version, row["sha256"], row["model_size_bytes"], artifact_id,
                            result)
@@ -179,14 +171,18 @@ class ModelEvaluationDB:
 
     def get_model(self, model_version: str, model_name: str | None = None
                   ) -> dict[str, Any] | None:
-        """The artifact row (model_binary included) as a dict, or None if unknown."""
+        """The artifact row as a dict, model_binary as bytes (unverified), or None if unknown."""
         conds = [A.c.model_version == model_version]
         if model_name is not None:
             conds.append(A.c.model_name == model_name)
+        cols = [c for c in A.c if c.name != "model_binary"]
         with self._tx("reading model", model_version=model_version) as conn:
-            row = conn.execute(select(A).where(and_(*conds)).order_by(A.c.id.desc())
+            row = conn.execute(select(*cols).where(and_(*conds)).order_by(A.c.id.desc())
                                .limit(1)).mappings().first()
-        return None if row is None else dict(row)
+            if row is None:
+                return None
+            # The fast binary fetch, not the hex-encoded BYTEA text (see blobs.py).
+            return {**row, "model_binary": blobs.fetch_bytes(conn, row["id"])}
 
     def list_models(self, limit: int = 10, model_name: str | None = None
                     ) -> list[dict[str, Any]]:
@@ -216,14 +212,12 @@ class ModelEvaluationDB:
 
     def _move(self, name: str, version: str | None, action: str, by: str | None,
               reason: str | None) -> PromotionResult:
-        def attempt() -> PromotionResult:
-            with self._tx(f"{action} of model", model_name=name, model_version=version) as conn:
-                promotion.lock_model(conn, name)
-                target = version or promotion.rollback_target(conn, name)
-                return promotion.promote(conn, name, target, action=action,
-                                         by=by or default_actor(), reason=reason,
-                                         signing_key=self.signing_key)
-        return self._retrying(attempt)
+        with self._tx(f"{action} of model", model_name=name, model_version=version) as conn:
+            promotion.lock_model(conn, name)
+            target = version or promotion.rollback_target(conn, name)
+            return promotion.promote(conn, name, target, action=action,
+                                     by=by or default_actor(), reason=reason,
+                                     signing_key=self.signing_key)
 
     def production_pointer(self, model_name: str = defaults.DEFAULT_MODEL_NAME
                            ) -> Pointer | None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg2
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
@@ -28,6 +29,8 @@ _engines: dict[tuple[int, str], Engine] = {}
 _ready: set[tuple[int, str]] = set()
 
 UPGRADE_COMMAND = "predq db upgrade"
+SCHEMA_LOCK_KEY = 7301995
+"""Advisory lock held while creating or upgrading the schema (Postgres)."""
 
 
 def redact_url(url: str) -> str:
@@ -56,6 +59,7 @@ def _build(url: str, connect_timeout_s: int) -> Engine:
             parsed, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     connect_args: dict[str, Any] = {
         "connect_timeout": connect_timeout_s,
@@ -78,16 +82,29 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # pysqlite would BEGIN only before the first write, after our reads: a promote that
+    # read generation N could then commit N+1 twice. _sqlite_begin takes over.
+    dbapi_conn.isolation_level = None
 
 
-def get_engine(url: str, connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S) -> Engine:
-    """The process's engine for `url`, with the schema checked (and created if empty)."""
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front, so read-then-write transactions serialize
+    # (waiting up to the busy timeout) instead of racing or failing with SQLITE_BUSY.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def get_engine(url: str, connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S, *,
+               check_schema: bool = True) -> Engine:
+    """The process's engine for `url`, with the schema checked (and created if empty).
+
+    `check_schema=False` is for the migrator, which must open a database it would refuse.
+    """
     key = (os.getpid(), url)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
             engine = _engines[key] = _build(url, connect_timeout_s)
-        if key not in _ready:
+        if check_schema and key not in _ready:
             with translate_errors("checking the schema", url=redact_url(url)):
                 ensure_schema(engine)
             _ready.add(key)
@@ -109,7 +126,7 @@ def ensure_schema(engine: Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Two processes starting on an empty database must not both create tables.
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7301995)")
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
         existing = set(inspect(conn).get_table_names())
         if schema.schema_info.name in existing:
             _check_version(conn, engine)
@@ -140,7 +157,9 @@ def _check_version(conn: Connection, engine: Engine) -> None:
 def translate_errors(action: str, **ids: object) -> Iterator[None]:
     """Turn SQLAlchemy/DBAPI errors into predq errors naming the action and identifiers.
 
-    IntegrityError is re-raised untouched so the caller can map it to a domain result.
+    SQLAlchemy's IntegrityError is re-raised untouched so the caller can map it to a domain
+    result. Raw psycopg2 errors (COPY and execute_values run on the driver's cursor) are
+    translated like their SQLAlchemy wrappers.
     """
     where = ", ".join(f"{k}={v!r}" for k, v in ids.items())
     suffix = f" ({where})" if where else ""
@@ -162,14 +181,25 @@ def translate_errors(action: str, **ids: object) -> Iterator[None]:
         raise StoreError(f"database error while {action}{suffix}: {_first_line(exc)}") from exc
     except SQLAlchemyError as exc:
         raise StoreError(f"database error while {action}{suffix}: {_first_line(exc)}") from exc
+    except psycopg2.Error as exc:
+        if isinstance(exc, psycopg2.InterfaceError) or _says_disconnected(exc):
+            raise DatabaseUnavailable(
+                f"database connection lost while {action}{suffix}: {_first_line(exc)}"
+            ) from exc
+        raise StoreError(f"database error while {action}{suffix}: {_first_line(exc)}") from exc
 
 
 def _is_connection_error(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower()
+    return exc.connection_invalidated or _says_disconnected(exc.orig)
+
+
+def _says_disconnected(exc: BaseException | None) -> bool:
+    text = str(exc).lower()
     markers = ("could not connect", "connection refused", "timeout expired", "server closed",
                "terminating connection", "connection to server", "no route", "could not translate",
-               "the database system is", "ssl", "unable to open database")
-    return exc.connection_invalidated or any(m in text for m in markers)
+               "the database system is", "ssl", "unable to open database",
+               "connection already closed")
+    return any(m in text for m in markers)
 
 
 def _first_line(exc: BaseException) -> str:

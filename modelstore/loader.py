@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,15 @@ class ModelLoader:
         """Load a known artifact row (workers use this after reading the pointer)."""
         return self._load_meta(meta, generation)
 
+    def database(self) -> ModelEvaluationDB:
+        """The store handle this loader reads through (created on first use)."""
+        return self._database()
+
+    def fallback(self, reason: str) -> LoadedModel | None:
+        """The filesystem fallback, flagged with `reason` (for callers that read the
+        pointer themselves and found the database path failing)."""
+        return self._fallback(reason)
+
     # -- internals ------------------------------------------------------------------------
 
     def _database(self) -> ModelEvaluationDB:
@@ -152,7 +161,9 @@ class ModelLoader:
         with self._lock:
             cached = self._memory.get(key)
         if cached is not None:
-            return cached
+            # Same bytes, maybe reached another way (by version, then as production).
+            return cached if cached.generation == generation else replace(
+                cached, generation=generation)
         # Signature first: it needs only the recorded digest, so a refused artifact is
         # refused before its bytes are even fetched.
         artifacts.verify_signature(str(meta.sha256), meta.signature, self.signing_key, label)
@@ -163,7 +174,7 @@ class ModelLoader:
                              meta.model_type, time.perf_counter() - started)
         with self._lock:
             self._memory[key] = loaded
-        log.info("loaded model %s (sha256 %s…) from %s in %.0f ms", label, meta.sha256[:12],
+        log.info("loaded model %s (sha256 %s…) from %s in %.0f ms", label, loaded.sha256[:12],
                  source, loaded.load_seconds * 1000)
         return loaded
 
@@ -178,9 +189,10 @@ class ModelLoader:
                 self.disk_cache.discard(sha)
         db = self._database()
         with translate_errors("fetching artifact", artifact=label), db.engine.connect() as conn:
-            data = blobs.fetch_bytes(conn, meta.id)
-        obj = artifacts.deserialize(data, sha, meta.signature, self.signing_key, label)
-        self.disk_cache.put(sha, data)
+            data, computed = blobs.fetch_verified(conn, meta.id)
+        obj = artifacts.deserialize(data, sha, meta.signature, self.signing_key, label,
+                                    computed_sha256=computed)
+        self.disk_cache.put_in_background(sha, data)
         return obj, SOURCE_DATABASE
 
     def _fallback(self, reason: str) -> LoadedModel | None:

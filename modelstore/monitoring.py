@@ -41,7 +41,9 @@ def version_stats(conn: Connection, model_name: str | None, since: datetime | No
 
 
 def daily_counts(conn: Connection, days: int) -> list[dict[str, Any]]:
-    day = cast(P.c.prediction_time, Date).label("day")
+    # SQLite's CAST(... AS DATE) yields the number 2026; its date() yields 'YYYY-MM-DD'.
+    day = (cast(P.c.prediction_time, Date) if conn.dialect.name == "postgresql"
+           else func.date(P.c.prediction_time, type_=Date)).label("day")
     since = datetime.now() - timedelta(days=days)
     stmt = (select(day, P.c.model_name, P.c.model_version, func.count().label("predictions"),
                    func.avg(P.c.predicted_value).label("avg_prediction"))

@@ -9,10 +9,12 @@ import csv
 import io
 import json
 import math
+import numbers
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeGuard
 
 from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import sqlite
@@ -66,22 +68,50 @@ _VALUES_INSERT = f"""
 INSERT INTO model_predictions ({", ".join(_COLUMNS)}) VALUES %s
 ON CONFLICT (request_id) DO NOTHING
 """
+# A \u0000 escape preceded by an even number of backslashes (an odd one escapes the "\").
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _VALUES_TEMPLATE = "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s, COALESCE(%s, CURRENT_TIMESTAMP))"
 
 
-def _tuple(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    features = row["input_features"]
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _features_json(features: Any, index: int) -> str:
+    """JSON text for the JSONB column; a str is taken as JSON already (the caller's contract)."""
+    if isinstance(features, str):
+        text = features
+    elif isinstance(features, Mapping):
+        try:
+            text = json.dumps(features, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"rows[{index}].input_features: not storable as JSON "
+                               f"({exc})") from None
+    else:
+        raise InvalidInput(f"rows[{index}].input_features: expected a mapping of feature "
+                           f"names to values, got {type(features).__name__}")
+    if "\\u0000" in text and _JSON_NUL.search(text):  # JSONB cannot hold NUL characters
+        raise InvalidInput(f"rows[{index}].input_features: contains a NUL character")
+    return text
+
+
+def _tuple(row: Mapping[str, Any], index: int) -> tuple[Any, ...]:
     return (
         row["request_id"],
         row.get("model_name") or DEFAULT_MODEL_NAME,
         row["model_version"],
         row.get("model_sha256"),
-        features if isinstance(features, str) else json.dumps(features, allow_nan=False),
+        _features_json(row["input_features"], index),
         float(row["predicted_value"]),
-        row.get("confidence_score"),
-        row.get("actual_value"),
+        _float_or_none(row.get("confidence_score")),
+        _float_or_none(row.get("actual_value")),
         row.get("prediction_time"),
     )
+
+
+def _is_finite_number(value: object) -> TypeGuard[numbers.Real]:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def check_row(row: Mapping[str, Any], index: int) -> None:
@@ -94,11 +124,17 @@ def check_row(row: Mapping[str, Any], index: int) -> None:
         value = row.get(name)
         if value is None and name != "predicted_value":
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-                value):
+        if not _is_finite_number(value):
             raise InvalidInput(f"rows[{index}].{name}: expected a finite number, got {value!r:.60}")
-    if not row.get("model_version"):
-        raise InvalidInput(f"rows[{index}].model_version: required")
+    for name, limit in (("model_version", 50), ("model_name", 100)):
+        value = row.get(name)
+        if value is None and name == "model_name":
+            continue
+        if not isinstance(value, str) or not value or len(value) > limit:
+            raise InvalidInput(f"rows[{index}].{name}: expected a non-empty string of at most "
+                               f"{limit} characters, got {value!r:.60}")
+    if "input_features" not in row:
+        raise InvalidInput(f"rows[{index}].input_features: required")
 
 
 def write_predictions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -107,7 +143,7 @@ def write_predictions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> in
         return 0
     for i, row in enumerate(rows):
         check_row(row, i)
-    tuples = [_tuple(r) for r in rows]
+    tuples = [_tuple(r, i) for i, r in enumerate(rows)]
     if conn.dialect.name == "postgresql":
         if len(tuples) >= COPY_THRESHOLD_ROWS:
             return _copy_insert(conn, tuples)
@@ -193,8 +229,7 @@ def normalize_actuals(actuals: Mapping[str, Any] | Iterable[Any]) -> tuple[
             continue
         if not isinstance(rid, str) or not rid or len(rid) > MAX_REQUEST_ID_CHARS:
             bad[f"#{i}"] = f"actuals[{i}].request_id: expected a non-empty string, got {rid!r:.60}"
-        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-                value):
+        elif not _is_finite_number(value):
             bad[rid] = f"actuals[{i}].actual_value: expected a finite number, got {value!r:.60}"
         else:
             good[rid] = float(value)

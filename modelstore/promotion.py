@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, select, update
 
 from modelstore import artifacts, schema
-from modelstore.errors import ArtifactError, ModelNotFound, RollbackError
+from modelstore.errors import ArtifactIntegrityError, ModelNotFound, RollbackError
 
 A = schema.model_artifacts
 P = schema.production_pointer
@@ -79,8 +79,9 @@ def _check_artifact(conn: Connection, row: Any, label: str, key: bytes | None) -
         blob = conn.execute(select(A.c.model_binary).where(A.c.id == row.id)).scalar()
         actual = artifacts.sha256_hex(blob or b"")
     if row.sha256 is None or actual != row.sha256:
-        raise ArtifactError(f"refusing to promote {label}: stored bytes do not match the "
-                            "recorded sha256 (corrupt or unrecorded); nothing changed")
+        raise ArtifactIntegrityError(
+            f"refusing to promote {label}: stored bytes do not match the recorded sha256 "
+            "(corrupt or unrecorded); nothing changed")
     artifacts.verify_signature(row.sha256, row.signature, key, label)
 
 

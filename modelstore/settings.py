@@ -56,6 +56,7 @@ class Settings:
     worker_threads: int = defaults.WORKER_THREADS
     spool_dir: Path = Path(defaults.SPOOL_DIR)
     metrics_port: int = defaults.METRICS_PORT
+    log_tasks: bool = False
     artifact_cache_dir: Path | None = None
 
     @classmethod
@@ -85,13 +86,25 @@ class Settings:
             worker_threads=_int(env, "PREDQ_WORKER_THREADS", defaults.WORKER_THREADS),
             spool_dir=Path(env.get("PREDQ_SPOOL_DIR") or defaults.SPOOL_DIR),
             metrics_port=_int(env, "PREDQ_METRICS_PORT", defaults.METRICS_PORT),
+            log_tasks=(env.get("PREDQ_LOG_TASKS") or "").lower() in ("1", "true", "yes"),
             artifact_cache_dir=Path(cache_dir) if cache_dir else model_dir / ".cache",
         )
 
     def celery_config(self) -> dict[str, Any]:
         """Celery configuration shared by workers and producers (a plain dict: the store
         imports nothing of Celery's). JSON only: pickle never crosses the wire."""
-        transport: dict[str, Any] = {"visibility_timeout": self.visibility_timeout_s}
+        # kombu sweeps abandoned (unacked) messages every interval x throttle seconds
+        # (10 x 10 by default): scale it to the visibility timeout so a SIGKILLed worker's
+        # messages come back soon after it expires, not minutes later.
+        transport: dict[str, Any] = {
+            "visibility_timeout": self.visibility_timeout_s,
+            "unacked_restore_interval": max(1, min(10, self.visibility_timeout_s // 3)),
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 60,
+        }
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            # One list per queue: the workers' crash-safe fetch moves from a single key.
+            transport["priority_steps"] = [0]
         if self.broker_url.startswith("filesystem://"):
             transport.update(_filesystem_folders(self.broker_url))
         return {
