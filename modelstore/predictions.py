@@ -146,9 +146,35 @@ def write_predictions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> in
     tuples = [_tuple(r, i) for i, r in enumerate(rows)]
     if conn.dialect.name == "postgresql":
         if len(tuples) >= COPY_THRESHOLD_ROWS:
-            return _copy_insert(conn, tuples)
+            return _direct_copy(conn, tuples) or _copy_insert(conn, tuples)
         return _values_insert(conn, tuples)
     return _sqlite_insert(conn, tuples)
+
+
+def _direct_copy(conn: Connection, tuples: list[tuple[Any, ...]]) -> int:
+    """COPY straight into the log: the common case, where no request_id is logged yet.
+
+    Runs in a savepoint; on a unique violation (a redelivered or replayed row) it rolls
+    back and returns 0, and the caller takes the staged ON CONFLICT path. Rows with an
+    explicit prediction_time (spool replays) always take the staged path.
+    """
+    if any(t[-1] is not None for t in tuples):
+        return 0
+    from psycopg2 import errors as pg_errors
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(t[:-1] for t in tuples)
+    buffer.seek(0)
+    with _raw_cursor(conn) as cur:
+        cur.execute("SAVEPOINT predq_direct_copy")
+        try:
+            cur.copy_expert(f"COPY model_predictions ({', '.join(_COLUMNS[:-1])}) "
+                            "FROM STDIN WITH (FORMAT csv)", buffer)
+        except pg_errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT predq_direct_copy")
+            return 0
+        cur.execute("RELEASE SAVEPOINT predq_direct_copy")
+    return len(tuples)
 
 
 def _raw_cursor(conn: Connection) -> Any:
@@ -169,7 +195,8 @@ def _copy_insert(conn: Connection, tuples: list[tuple[Any, ...]]) -> int:
             buffer)
         cur.execute(_STAGE_INSERT)
         inserted = int(cur.rowcount)
-        cur.execute("TRUNCATE predq_prediction_stage")
+        # Emptied here, not only at commit: two calls in one transaction must not mix.
+        cur.execute("DELETE FROM predq_prediction_stage")
     return inserted
 
 

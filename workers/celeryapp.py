@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> Celery:
     app = Celery("predq")
     app.conf.update(settings.celery_config())
+    if settings.broker_url.startswith("filesystem://"):
+        # kombu's stock filesystem transport loses messages to a write/read race; the
+        # producer's fixed transport is the same one the client uses (embedded demo).
+        app.conf.broker_transport = "producer.fs_transport:Transport"
+        app.conf.broker_url = "filesystem://localhost/"
     if settings.broker_url.startswith(("redis://", "rediss://")):
         app.conf.broker_transport = "workers.transport:ReliableTransport"
         if settings.broker_url.startswith("rediss://") and not app.conf.broker_use_ssl:

@@ -86,7 +86,7 @@ class ModelSlot:
             return False
 
     def _refresh(self, force: bool, promoted_at: float | None) -> bool:
-        db = self.loader._database()
+        db = self.loader.database()
         with translate_errors("reading production pointer", model_name=self.name), \
                 db.engine.connect() as conn:
             pointer = promotion.read_pointer(conn, self.name)
@@ -122,7 +122,7 @@ class ModelSlot:
                      model.version, model.generation, model.sha256[:12], model.loaded.source)
 
     def _try_fallback(self, reason: str) -> bool:
-        loaded = self.loader._fallback(reason)
+        loaded = self.loader.fallback(reason)
         if loaded is None:
             return False
         # Flagged: status() reports source=filesystem and the reason.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     @app.task(name="predq.store_model", bind=True, typing=False)
     def store_model(self: Task, **kwargs: Any) -> dict[str, Any]:
         try:
-            return _store_model(settings, **kwargs)
+            return _store_model(app, settings, **kwargs)
         except _DOMAIN_ERRORS as exc:
             return {"error": str(exc)}
         except DatabaseUnavailable as exc:
@@ -124,8 +125,9 @@ def _artifact_bytes(settings: Settings, artifact_path: object, artifact_b64: obj
         raise InvalidInput(f"artifact_b64: not valid base64: {exc}") from exc
 
 
-def _store_model(settings: Settings, artifact_path: object = None, artifact_b64: object = None,
-                 model_type: object = None, run_id: object = None, metrics: object = None,
+def _store_model(app: Celery, settings: Settings, artifact_path: object = None,
+                 artifact_b64: object = None, model_type: object = None,
+                 run_id: object = None, metrics: object = None,
                  model: object = DEFAULT_MODEL_NAME, version: object = None,
                  promote: object = False, feature_schema: object = None,
                  **extra: Any) -> dict[str, Any]:
@@ -145,7 +147,8 @@ def _store_model(settings: Settings, artifact_path: object = None, artifact_b64:
                             reason="predq.store_model promote=True" if promote else None)
     generation = stored.promotion.generation if stored.promotion else None
     if generation is not None:
-        state = get_state(settings)
-        state.request_refresh(stored.model_name)
+        # Every node, this one included, starts converging now rather than at its next poll.
+        app.control.broadcast("predq_promote", reply=False, arguments={
+            "model": stored.model_name, "generation": generation, "promoted_at": time.time()})
     return {"model_version": stored.model_version, "sha256": stored.sha256,
             "size_bytes": stored.size_bytes, "generation": generation}

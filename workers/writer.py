@@ -55,7 +55,9 @@ class PredictionWriter:
                 self._database().store_predictions(rows)
                 self.rows_written += len(rows)
                 return WRITTEN
-            except (DatabaseUnavailable, StoreError) as exc:
+            except DatabaseUnavailable as exc:
+                # Only an outage is spooled: a row the database refuses for good would
+                # block every later replay behind it, so that error goes to the caller.
                 self._down_until = time.monotonic() + BACKOFF_S
                 log.warning("prediction log unavailable, spooling %d rows: %s", len(rows), exc)
         self.spool.append(rows)

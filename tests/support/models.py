@@ -11,7 +11,7 @@ from modelstore import ModelEvaluationDB
 from modelstore.artifacts import serialize
 from producer.sample import FEATURES, make_cars, train_pipeline
 
-V2_OFFSET = 100_000.0
+V2_OFFSET = 1_000_000.0
 
 
 @lru_cache(maxsize=1)
