@@ -14,9 +14,11 @@ from typing import Any
 
 from celery.worker.control import control_command
 
+from workers.signal import GenerationSignal
 from workers.state import current_state
 
 _POOL = {"kind": "unknown"}
+_MAIN: dict[str, GenerationSignal] = {}
 
 
 def set_pool_kind(kind: str) -> None:
@@ -39,7 +41,18 @@ def predq_promote(panel: Any, model: str | None = None, generation: int | None =
     state = current_state()
     if state is not None:
         state.request_refresh(model, promoted_at or time.time())
+    if model and generation:
+        # Reaches this node's other processes (prefork children) and missed nodes.
+        signal = state.signal if state is not None else _main_signal(panel)
+        signal.raise_to(model, int(generation))
     return node_status()
+
+
+def _main_signal(panel: Any) -> GenerationSignal:
+    """The signal client of a main process that serves nothing itself (prefork)."""
+    if "signal" not in _MAIN:
+        _MAIN["signal"] = GenerationSignal(str(panel.consumer.app.conf.broker_url))
+    return _MAIN["signal"]
 
 
 @control_command(args=[("model", str)], signature="[model]")

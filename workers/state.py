@@ -20,6 +20,7 @@ from modelstore.loader import ModelLoader
 from modelstore.settings import Settings
 from workers.batcher import Batcher
 from workers.execute import ServingModel, execute
+from workers.signal import GenerationSignal
 from workers.slot import ModelSlot
 from workers.spool import Spool
 from workers.validation import Limits
@@ -28,6 +29,7 @@ from workers.writer import PredictionWriter
 log = logging.getLogger(__name__)
 
 MAX_MODEL_NAMES = 32
+REFRESH_TICK_S = 0.25
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -44,6 +46,7 @@ class ServingState:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._promoted_at: dict[str, float] = {}
+        self.signal = GenerationSignal(settings.broker_url)
         self._refresher = threading.Thread(target=self._refresh_loop, name="predq-refresher",
                                            daemon=True)
         self._refresher.start()
@@ -137,9 +140,19 @@ class ServingState:
 
     # -- convergence ----------------------------------------------------------------------
 
+    def _due(self, slot: ModelSlot) -> bool:
+        """True when the shared signal is ahead of what this process serves, or the last
+        pointer check is older than the poll interval."""
+        current = slot.current
+        signalled = self.signal.peek(slot.name)
+        if signalled is not None and current is not None and signalled > (
+                current.generation or 0):
+            return True
+        return time.monotonic() - slot.last_check > self.settings.generation_poll_s
+
     def _maybe_poll(self, slot: ModelSlot) -> None:
-        """Before a batch: if the last pointer check is stale, wake the refresher."""
-        if time.monotonic() - slot.last_check > self.settings.generation_poll_s:
+        """Before a batch: wake the refresher when due. Never blocks on a load."""
+        if self._due(slot):
             self._wake.set()
 
     def request_refresh(self, model: str | None = None, promoted_at: float | None = None) -> None:
@@ -155,12 +168,17 @@ class ServingState:
         self.request_refresh(model)
 
     def _refresh_loop(self) -> None:
+        # Short waits so an idle process also follows the signal; Postgres is read only
+        # when woken, signalled, or every generation_poll_s.
+        tick = min(self.settings.generation_poll_s, REFRESH_TICK_S)
         while not self._stop.is_set():
-            self._wake.wait(self.settings.generation_poll_s)
+            woken = self._wake.wait(tick)
             self._wake.clear()
             if self._stop.is_set():
                 return
             for name, slot in list(self._slots.items()):
+                if not (woken or self._due(slot)):
+                    continue
                 try:
                     slot.refresh(promoted_at=self._promoted_at.pop(name, None))
                 except Exception:
@@ -178,6 +196,7 @@ class ServingState:
             batcher.close()
         self.writer.close()
         self._refresher.join(timeout=5)
+        self.signal.close()
         dispose_engines()
 
 

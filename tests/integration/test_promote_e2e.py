@@ -137,3 +137,23 @@ def test_worker_started_after_promote_serves_new_version_first(
         late.stop()
     assert first["model_version"] == "v2"
     assert models.is_v2(first["prediction"])
+
+
+def test_prefork_children_converge_through_the_shared_signal(
+        pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    """Remote control reaches only the main process; children must follow the signal."""
+    models.register(pg_url, "v1")
+    models.register(pg_url, "v2", offset=models.V2_OFFSET, promote=False)
+    env = worker_env(pg_url, redis_url, tmp_path, PREDQ_GENERATION_POLL="60")
+    app = client_app(env)
+    feats = models.rows(40)
+    with running_workers(env, tmp_path, names=("pf",), app=app, concurrency=2, pool="prefork"):
+        warm = [app.send_task("predq.predict", kwargs={"features": f}) for f in feats]
+        assert {p.get(timeout=60)["model_version"] for p in warm} == {"v1"}
+        result = ModelEvaluationDB(pg_url).set_production_model("v2")
+        app.control.broadcast("predq_promote", reply=True, timeout=1, arguments={
+            "model": "default", "generation": result.generation})
+        time.sleep(1.0)
+        after = [app.send_task("predq.predict", kwargs={"features": f}) for f in feats]
+        versions = [p.get(timeout=60)["model_version"] for p in after]
+    assert set(versions) == {"v2"}, versions
