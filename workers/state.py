@@ -132,7 +132,6 @@ class ServingState:
             return {"error": str(exc), "results": []}
         if version is None:
             self._maybe_poll(self.slot(model))
-            serving = self._model_for(model, None)  # type: ignore[arg-type]
         outcome = execute(serving, rows, request_ids, self.limits)
         self.writer.write(outcome.rows)
         return {"model_version": serving.version, "model_sha256": serving.sha256,
