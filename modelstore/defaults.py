@@ -27,6 +27,11 @@ MAX_REQUEST_ID_CHARS = 128
 WORKER_THREADS = 64
 SPOOL_DIR = "./spool"
 METRICS_PORT = 9808
+"""Workers' Prometheus endpoint (PREDQ_METRICS_PORT); 0 disables it."""
+QUALITY_GATE_MIN_ROWS = 200
+"""Labelled rows each version needs before the live quality gate judges it."""
+QUALITY_GATE_INTERVAL_S = 5.0
+"""How often a worker's quality gate re-checks the production versions."""
 
 SCHEMA_VERSION = 1
 COPY_THRESHOLD_ROWS = 200

@@ -38,6 +38,39 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port; 0 means "disabled"."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a port number (0 disables), got {raw!r}") from None
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name}: must be 0..65535, got {value}")
+    return value
+
+
+def _margin(env: Mapping[str, str], name: str) -> float | None:
+    """A relative margin such as 0.1 (10 %); unset or empty means "off"."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a fraction such as 0.1, got {raw!r}") from None
+    if not 0 <= value < 100:
+        raise ConfigError(f"{name}: must be a non-negative fraction, got {raw!r}")
+    return value
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name) or ""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything predq reads from the environment. Secrets are kept out of repr()."""
@@ -56,6 +89,10 @@ class Settings:
     worker_threads: int = defaults.WORKER_THREADS
     spool_dir: Path = Path(defaults.SPOOL_DIR)
     metrics_port: int = defaults.METRICS_PORT
+    quality_gate_margin: float | None = None
+    quality_gate_min_rows: int = defaults.QUALITY_GATE_MIN_ROWS
+    quality_gate_interval_s: float = defaults.QUALITY_GATE_INTERVAL_S
+    quality_gate_models: tuple[str, ...] = ()
     log_tasks: bool = False
     artifact_cache_dir: Path | None = None
 
@@ -85,7 +122,13 @@ class Settings:
             ),
             worker_threads=_int(env, "PREDQ_WORKER_THREADS", defaults.WORKER_THREADS),
             spool_dir=Path(env.get("PREDQ_SPOOL_DIR") or defaults.SPOOL_DIR),
-            metrics_port=_int(env, "PREDQ_METRICS_PORT", defaults.METRICS_PORT),
+            metrics_port=_port(env, "PREDQ_METRICS_PORT", defaults.METRICS_PORT),
+            quality_gate_margin=_margin(env, "PREDQ_QUALITY_GATE_MARGIN"),
+            quality_gate_min_rows=_int(env, "PREDQ_QUALITY_GATE_MIN_ROWS",
+                                       defaults.QUALITY_GATE_MIN_ROWS),
+            quality_gate_interval_s=_float(env, "PREDQ_QUALITY_GATE_INTERVAL",
+                                           defaults.QUALITY_GATE_INTERVAL_S),
+            quality_gate_models=_names(env, "PREDQ_QUALITY_GATE_MODELS"),
             log_tasks=(env.get("PREDQ_LOG_TASKS") or "").lower() in ("1", "true", "yes"),
             artifact_cache_dir=Path(cache_dir) if cache_dir else model_dir / ".cache",
         )

@@ -1,4 +1,5 @@
-"""Ops commands: promote, rollback, reload, serving, models, history, backfill, stats."""
+"""Ops commands: promote, rollback, reload, serving, models, history, backfill, stats,
+report."""
 
 from __future__ import annotations
 
@@ -149,4 +150,20 @@ def stats(model: str | None, as_json: bool) -> None:
         state().out.print(tables.stats_table(rows))
 
 
-COMMANDS = (promote, rollback, reload, serving, models, history, backfill, stats)
+@click.command()
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML page to write (self-contained: opens offline).")
+@click.option("--png", "png_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the charts as a PNG.")
+@click.option("--days", default=7, show_default=True, type=click.IntRange(min=1),
+              help="Window: the last N days of predictions and promotions.")
+@click.option("--model", default=None, help="Only this model name (default: every model).")
+def report(output: Path, png_path: Path | None, days: int, model: str | None) -> None:
+    """Live error (MAE/RMSE) and label coverage per version, volume, promotion timeline."""
+    from producer.report import summary, write_report
+
+    data = write_report(state().db(), output, png_path, days=days, model=model)
+    click.echo(summary(data, [output, *([png_path] if png_path else [])]))
+
+
+COMMANDS = (promote, rollback, reload, serving, models, history, backfill, stats, report)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from workers import metrics
 from workers.execute import ServingModel, execute
 from workers.validation import Limits
 from workers.writer import PredictionWriter
@@ -84,6 +86,7 @@ class Batcher:
                 self._process(items)
 
     def _process(self, items: list[_Item]) -> None:
+        started = time.perf_counter()
         try:
             if self._before_batch is not None:
                 self._before_batch()
@@ -93,9 +96,13 @@ class Batcher:
             self._writer.write(outcome.rows)
         except Exception as exc:
             log.exception("batch of %d rows for model %r failed", len(items), self.name)
+            metrics.observe_batch(self.name, None, len(items), len(items),
+                                  time.perf_counter() - started)
             for item in items:
                 item.future.set_exception(exc)
             return
+        metrics.observe_results(self.name, model.version, outcome.results,
+                                time.perf_counter() - started)
         self.batches += 1
         self.rows += len(items)
         for item, result in zip(items, outcome.results, strict=True):

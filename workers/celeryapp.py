@@ -24,7 +24,7 @@ from modelstore.defaults import DEFAULT_MODEL_NAME
 from modelstore.engine import redact_url
 from modelstore.errors import PredqError
 from modelstore.settings import Settings
-from workers import control
+from workers import control, metrics, quality_gate
 from workers.state import close_state, get_state
 from workers.tasks import register_tasks
 
@@ -65,6 +65,8 @@ def _connect_signals(settings: Settings) -> None:
         pool = str(getattr(sender, "pool_cls", "")).lower()
         forks["value"] = "prefork" in pool or "processes" in pool
         control.set_pool_kind("prefork" if forks["value"] else "threads")
+        if forks["value"] and settings.metrics_port:
+            metrics.prepare_prefork()  # before the fork: children record to a shared dir
         if not settings.log_tasks:
             # Celery logs every success with its full result at INFO: costly at 1,000s/s.
             logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
@@ -77,14 +79,19 @@ def _connect_signals(settings: Settings) -> None:
         _warm(settings)
 
     @worker_ready.connect(weak=False)
-    def on_ready(**_: Any) -> None:
+    def on_ready(sender: Any = None, **_: Any) -> None:
         if not forks["value"]:
             _warm(settings)
+        metrics.start_server(settings.metrics_port)
+        quality_gate.start_gate(settings, quality_gate.broadcast_rollback(sender.app))
 
     @worker_process_shutdown.connect(weak=False)
     def on_child_exit(**_: Any) -> None:
         close_state()
+        metrics.process_exit()
 
     @worker_shutdown.connect(weak=False)
     def on_shutdown(**_: Any) -> None:
+        quality_gate.stop_gate()
         close_state()
+        metrics.stop_server()

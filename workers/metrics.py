@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
+import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
@@ -40,6 +42,11 @@ from prometheus_client import (
     start_http_server,
     values,
 )
+from sqlalchemy import Engine, extract, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
+
+from modelstore import schema
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +179,16 @@ def observe_batch(model: str, version: str | None, size: int, failed: int,
     children.seconds.observe(seconds)
 
 
+def observe_results(model: str, version: str | None, results: Iterable[Mapping[str, Any]],
+                    seconds: float) -> None:
+    """observe_batch for a list of per-item results ({"error": ...} counts as failed)."""
+    size = failed = 0
+    for result in results:
+        size += 1
+        failed += "error" in result
+    observe_batch(model, version, size, failed, seconds)
+
+
 def observe_write(rows: Iterable[Mapping[str, Any]], spooled: bool) -> None:
     """Rows made durable, by model and version: committed (`spooled=False`) or spooled."""
     destination = "spool" if spooled else "database"
@@ -207,6 +224,33 @@ def observe_switch(model: str, generation: int | None, lag_s: float | None,
         m.load.labels(model).observe(load_s)
 
 
+def promote_lag(engine: Engine, model: str, generation: int | None,
+                promoted_at: float | None) -> float | None:
+    """Seconds from the promote to now, for a process that just switched to `generation`.
+
+    Measured on the database's clock, from the promote transaction (the pointer's
+    `updated_at`), so it also covers switches found by polling or the shared signal.
+    Falls back to the broadcast's `promoted_at` when that row is gone or unreadable.
+    """
+    fallback = None if promoted_at is None else max(0.0, time.time() - promoted_at)
+    if generation is None:
+        return fallback
+    P = schema.production_pointer
+    age: ColumnElement[Any]
+    if engine.dialect.name == "postgresql":
+        age = extract("epoch", func.localtimestamp() - P.c.updated_at)
+    else:
+        age = (func.julianday("now") - func.julianday(P.c.updated_at)) * 86_400.0
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(select(age).where(
+                P.c.model_name == model, P.c.generation == generation)).scalar()
+    except SQLAlchemyError as exc:
+        log.debug("promote lag of %r generation %s unknown: %s", model, generation, exc)
+        return fallback
+    return float(found) if found is not None and float(found) >= 0 else fallback
+
+
 def observe_gate(model: str, version: str, mae: float | None) -> None:
     if mae is not None:
         get_metrics().gate_mae.labels(model, version).set(mae)
@@ -237,6 +281,7 @@ def prepare_prefork() -> str | None:
                         MULTIPROC_ENV)
             return None
         path = tempfile.mkdtemp(prefix="predq-metrics-")
+        _server["owned_dir"] = (os.getpid(), path)
         os.environ[MULTIPROC_ENV] = path
         values.ValueClass = values.get_value_class()
         log.info("prefork pool: worker metrics aggregated through %s", path)
@@ -263,8 +308,8 @@ def start_server(port: int, addr: str = "0.0.0.0") -> bool:
         try:
             httpd, thread = start_http_server(port, addr=addr, registry=exposition_registry())
         except OSError as exc:
-            log.error("metrics endpoint not started: cannot listen on %s:%d: %s", addr, port,
-                      exc)
+            log.warning("metrics endpoint not started: cannot listen on %s:%d: %s", addr, port,
+                        exc)
             return False
         _server.update(pid=os.getpid(), httpd=httpd, thread=thread, port=port)
     log.info("predq metrics on http://%s:%d/metrics", addr, port)
@@ -272,13 +317,15 @@ def start_server(port: int, addr: str = "0.0.0.0") -> bool:
 
 
 def stop_server() -> None:
+    """Stop this process's endpoint; remove a multiprocess directory it created."""
     with _metrics_lock:
-        httpd = _server.get("httpd")
-        if httpd is None or _server.get("pid") != os.getpid():
-            return
-        httpd.shutdown()
-        httpd.server_close()
-        _server.clear()
+        httpd = _server.pop("httpd", None)
+        if httpd is not None and _server.pop("pid", None) == os.getpid():
+            httpd.shutdown()
+            httpd.server_close()
+        owner, path = _server.pop("owned_dir", (None, None))
+        if owner == os.getpid() and path:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def process_exit() -> None:

@@ -21,6 +21,7 @@ who promoted meanwhile, makes the gate stand down.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -217,12 +218,17 @@ class GateThread:
                 log.exception("quality gate check failed; retrying in %.1f s", self.interval_s)
 
 
+_running: dict[int, GateThread] = {}
+
+
 def start_gate(settings: Settings, announce: Callable[[PromotionResult], None] | None = None
                ) -> GateThread | None:
-    """Start this node's gate thread when PREDQ_QUALITY_GATE_MARGIN is set (else None)."""
+    """Start this process's gate thread (once) when PREDQ_QUALITY_GATE_MARGIN is set."""
     config = GateConfig.from_settings(settings)
     if config is None:
         return None
+    if os.getpid() in _running:
+        return _running[os.getpid()]
 
     def new_db() -> ModelEvaluationDB:
         return ModelEvaluationDB(settings.database_url, signing_key=settings.signing_key,
@@ -232,7 +238,14 @@ def start_gate(settings: Settings, announce: Callable[[PromotionResult], None] |
     log.info("quality gate on: margin %.0f%%, %d labelled rows, every %.1f s, models %s",
              config.margin * 100, config.min_rows, config.interval_s,
              ", ".join(config.models) or "all")
-    return GateThread(gate, config.interval_s).start()
+    thread = _running[os.getpid()] = GateThread(gate, config.interval_s).start()
+    return thread
+
+
+def stop_gate() -> None:
+    thread = _running.pop(os.getpid(), None)
+    if thread is not None:
+        thread.stop()
 
 
 def broadcast_rollback(app: Any) -> Callable[[PromotionResult], None]:

@@ -21,6 +21,7 @@ from modelstore import blobs, promotion
 from modelstore.engine import translate_errors
 from modelstore.errors import ModelNotFound, NoProductionModel, PredqError
 from modelstore.loader import ModelLoader
+from workers import metrics
 from workers.execute import ServingModel
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,11 @@ class ModelSlot:
         self._refused = None
         if promoted_at is not None:
             self.last_switch_s = max(0.0, time.time() - promoted_at)
+        switched = previous is not None and previous.generation != model.generation
+        lag = metrics.promote_lag(self.loader._database().engine, self.name, model.generation,
+                                  promoted_at) if switched else None
+        metrics.observe_switch(self.name, model.generation, lag, model.loaded.load_seconds,
+                               model.version)
         if previous is None or previous.version != model.version:
             log.info("model %r now serving %s (generation %s, sha256 %s…, from %s)", self.name,
                      model.version, model.generation, model.sha256[:12], model.loaded.source)

@@ -18,6 +18,7 @@ from modelstore.engine import dispose_engines
 from modelstore.errors import InvalidInput, PredqError
 from modelstore.loader import ModelLoader
 from modelstore.settings import Settings
+from workers import metrics
 from workers.batcher import Batcher
 from workers.execute import ServingModel, execute
 from workers.signal import GenerationSignal
@@ -117,8 +118,11 @@ class ServingState:
     def _predict_pinned(self, features: object, request_id: str, model: object,
                         version: object) -> dict[str, Any]:
         serving = self._model_for(model, version)  # type: ignore[arg-type]
+        started = time.perf_counter()
         outcome = execute(serving, [features], [request_id], self.limits, single_rows=True)
         self.writer.write(outcome.rows)
+        metrics.observe_results(serving.loaded.model_name, serving.version, outcome.results,
+                                time.perf_counter() - started)
         result = outcome.results[0]
         if "error" not in result:
             result.update(model_version=serving.version, model_sha256=serving.sha256)
@@ -132,8 +136,11 @@ class ServingState:
             return {"error": str(exc), "results": []}
         if version is None:
             self._maybe_poll(self.slot(model))
+        started = time.perf_counter()
         outcome = execute(serving, rows, request_ids, self.limits)
         self.writer.write(outcome.rows)
+        metrics.observe_results(serving.loaded.model_name, serving.version, outcome.results,
+                                time.perf_counter() - started)
         return {"model_version": serving.version, "model_sha256": serving.sha256,
                 "results": outcome.results}
 

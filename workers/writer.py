@@ -17,6 +17,7 @@ from typing import Any
 from modelstore.db import ModelEvaluationDB
 from modelstore.errors import DatabaseUnavailable, StoreError
 from modelstore.predictions import PredictionRow
+from workers import metrics
 from workers.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class PredictionWriter:
             try:
                 self._database().store_predictions(rows)
                 self.rows_written += len(rows)
+                metrics.observe_write(rows, spooled=False)
                 return WRITTEN
             except DatabaseUnavailable as exc:
                 # Only an outage is spooled: a row the database refuses for good would
@@ -62,6 +64,8 @@ class PredictionWriter:
                 log.warning("prediction log unavailable, spooling %d rows: %s", len(rows), exc)
         self.spool.append(rows)
         self.rows_spooled += len(rows)
+        metrics.observe_write(rows, spooled=True)
+        metrics.set_spool_depth(self.spool.pending_rows())
         return SPOOLED
 
     def _database(self) -> ModelEvaluationDB:
@@ -82,12 +86,14 @@ class PredictionWriter:
             return 0
         if replayed:
             log.info("replayed %d spooled prediction rows into the database", replayed)
+            metrics.observe_replay(replayed)
         return replayed
 
     def _replay_loop(self) -> None:
         while not self._stop.wait(REPLAY_INTERVAL_S):
             try:
                 self.replay_once()
+                metrics.set_spool_depth(self.spool.pending_rows())
             except Exception:
                 log.exception("spool replay failed; will retry")
 

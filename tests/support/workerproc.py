@@ -28,6 +28,7 @@ def worker_env(database_url: str, redis_url: str, tmp: Path, **extra: str) -> di
         "PREDQ_MODEL_DIR": str(tmp / "models"),
         "PREDQ_SPOOL_DIR": str(tmp / "spool"),
         "PREDQ_GENERATION_POLL": "0.5",
+        "PREDQ_METRICS_PORT": "0",  # several workers per host; metrics tests pick a port
         "PYTHONPATH": str(ROOT),
     })
     env.update(extra)
