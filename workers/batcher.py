@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers import metrics
-from workers.execute import ServingModel, execute
+from workers.execute import ServingModel, execute, persist
 from workers.validation import Limits
 from workers.writer import PredictionWriter
 
@@ -93,7 +93,7 @@ class Batcher:
             model = self._model()
             outcome = execute(model, [i.features for i in items], [i.request_id for i in items],
                               self._limits, single_rows=True)
-            self._writer.write(outcome.rows)
+            persist(outcome, self._writer.write)
         except Exception as exc:
             log.exception("batch of %d rows for model %r failed", len(items), self.name)
             metrics.observe_batch(self.name, None, len(items), len(items),

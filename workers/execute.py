@@ -6,11 +6,12 @@ computed it (invariant 1), taken from the same snapshot used to predict.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from modelstore.errors import InvalidInput
 from modelstore.loader import LoadedModel
 from modelstore.predictions import PredictionRow
 from workers import inference
@@ -43,6 +44,27 @@ class ServingModel:
 class Outcome:
     results: list[dict[str, Any]]
     rows: list[PredictionRow]
+    row_index: list[int] = field(default_factory=list)
+    """For each logged row, the position of its result."""
+
+
+def persist(outcome: Outcome, write: Callable[[Sequence[PredictionRow]], object]) -> None:
+    """Log the batch in one write; if the store refuses a row, only that row fails.
+
+    A refusal (InvalidInput) is the row's fault, so the rows are retried one by one and
+    each refused one turns its result into an error; the others are logged.
+    """
+    try:
+        write(outcome.rows)
+        return
+    except InvalidInput:
+        pass
+    for row, pos in zip(outcome.rows, outcome.row_index, strict=True):
+        try:
+            write([row])
+        except InvalidInput as exc:
+            outcome.results[pos] = {"request_id": row["request_id"],
+                                    "error": f"not logged: {exc}"}
 
 
 def request_id_errors(request_ids: Sequence[object], single_rows: bool) -> dict[int, str]:
@@ -78,6 +100,7 @@ def execute(model: ServingModel, features: Sequence[object], request_ids: Sequen
     values = _predict(model, [row for _, row in keep])
     results: list[dict[str, Any]] = [{} for _ in features]
     rows: list[PredictionRow] = []
+    row_index: list[int] = []
     for i, message in errors.items():
         results[i] = {"request_id": _rid(request_ids[i]), "error": message}
     for pos, (i, row) in enumerate(keep):
@@ -89,11 +112,12 @@ def execute(model: ServingModel, features: Sequence[object], request_ids: Sequen
         prediction, confidence = value
         results[i] = {"request_id": request_ids[i], "prediction": prediction,
                       "confidence": confidence}
+        row_index.append(i)
         rows.append({"request_id": request_ids[i], "model_name": model.loaded.model_name,
                      "model_version": model.version, "model_sha256": model.sha256,
                      "input_features": row, "predicted_value": prediction,
                      "confidence_score": confidence})
-    return Outcome(results, rows)
+    return Outcome(results, rows, row_index)
 
 
 def _strip_position(i: int, message: str) -> str:

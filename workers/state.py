@@ -20,7 +20,7 @@ from modelstore.loader import ModelLoader
 from modelstore.settings import Settings
 from workers import metrics
 from workers.batcher import Batcher
-from workers.execute import ServingModel, execute
+from workers.execute import ServingModel, execute, persist
 from workers.signal import GenerationSignal
 from workers.slot import ModelSlot
 from workers.spool import Spool
@@ -120,7 +120,7 @@ class ServingState:
         serving = self._model_for(model, version)  # type: ignore[arg-type]
         started = time.perf_counter()
         outcome = execute(serving, [features], [request_id], self.limits, single_rows=True)
-        self.writer.write(outcome.rows)
+        persist(outcome, self.writer.write)
         metrics.observe_results(serving.loaded.model_name, serving.version, outcome.results,
                                 time.perf_counter() - started)
         result = outcome.results[0]
@@ -138,7 +138,7 @@ class ServingState:
             self._maybe_poll(self.slot(model))
         started = time.perf_counter()
         outcome = execute(serving, rows, request_ids, self.limits)
-        self.writer.write(outcome.rows)
+        persist(outcome, self.writer.write)
         metrics.observe_results(serving.loaded.model_name, serving.version, outcome.results,
                                 time.perf_counter() - started)
         return {"model_version": serving.version, "model_sha256": serving.sha256,

@@ -265,3 +265,14 @@ def test_a_real_models_schema_validates_and_frames_rows_it_can_predict() -> None
     expected = model.predict(cars[list(FEATURES)].head(5))
     assert np.allclose(model.predict(frame), expected)
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_nul_character_is_refused_for_that_row_only() -> None:
+    spec = FeatureSpec(("brand", "year"), ("string", "number"))
+    rows = [{"brand": "Toy\x00ota", "year": 2020}, {"brand": "Toyota", "year": 2020}]
+    ok, clean, errors = validate_rows(rows, spec)
+    assert ok == [1] and clean == [rows[1]]
+    assert errors == {0: "rows[0].features.brand: contains a NUL character (U+0000), "
+                         "which cannot be stored"}
+    _, error = validate_features({"a\x00b": 1.0}, None)
+    assert error is not None and "NUL" in error
