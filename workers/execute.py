@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from modelstore.errors import InvalidInput
 from modelstore.loader import LoadedModel
 from modelstore.predictions import PredictionRow
 from workers import inference
+from workers.fastpath import Predictor, compile_predictor
 from workers.validation import FeatureSpec, Limits, check_request_id, to_frame, validate_rows
 
 
@@ -25,6 +29,7 @@ class ServingModel:
     loaded: LoadedModel
     spec: FeatureSpec | None
     generation: int | None
+    predictor: Predictor
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -37,7 +42,13 @@ class ServingModel:
 
     @classmethod
     def wrap(cls, loaded: LoadedModel, generation: int | None) -> ServingModel:
-        return cls(loaded, FeatureSpec.from_schema(loaded.feature_schema), generation)
+        artifact = loaded.artifact
+
+        def slow(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+            return inference.predict_frame(artifact, frame)
+
+        return cls(loaded, FeatureSpec.from_schema(loaded.feature_schema), generation,
+                   compile_predictor(artifact, slow))
 
 
 @dataclass
@@ -135,7 +146,7 @@ def _predict(model: ServingModel, clean: list[dict[str, object]]
         return []
     frame = to_frame(clean, model.spec)
     try:
-        preds, conf = inference.predict_frame(model.loaded.artifact, frame)
+        preds, conf = model.predictor(frame)
         return [(inference.as_float(p), None if conf is None else float(conf[k]))
                 for k, p in enumerate(preds)]
     except Exception:  # noqa: BLE001 - isolate the offending rows below
