@@ -12,13 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from modelstore.errors import InvalidInput
 from modelstore.loader import LoadedModel
 from modelstore.predictions import PredictionRow
 from workers import inference
-from workers.fastpath import Predictor, compile_predictor
+from workers.fastpath import Predictor, Rows, compile_predictor
 from workers.validation import FeatureSpec, Limits, check_request_id, to_frame, validate_rows
 
 
@@ -44,11 +43,12 @@ class ServingModel:
     def wrap(cls, loaded: LoadedModel, generation: int | None) -> ServingModel:
         artifact = loaded.artifact
 
-        def slow(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
-            return inference.predict_frame(artifact, frame)
+        spec = FeatureSpec.from_schema(loaded.feature_schema)
 
-        return cls(loaded, FeatureSpec.from_schema(loaded.feature_schema), generation,
-                   compile_predictor(artifact, slow))
+        def slow(rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
+            return inference.predict_frame(artifact, to_frame(rows, spec))  # type: ignore[arg-type]
+
+        return cls(loaded, spec, generation, compile_predictor(artifact, slow))
 
 
 @dataclass
@@ -144,11 +144,11 @@ def _predict(model: ServingModel, clean: list[dict[str, object]]
              ) -> list[tuple[float, float | None] | str]:
     if not clean:
         return []
-    frame = to_frame(clean, model.spec)
     try:
-        preds, conf = model.predictor(frame)
+        preds, conf = model.predictor(clean)
         return [(inference.as_float(p), None if conf is None else float(conf[k]))
                 for k, p in enumerate(preds)]
     except Exception:  # noqa: BLE001 - isolate the offending rows below
+        frame = to_frame(clean, model.spec)
         by_pos = inference.per_row(model.loaded.artifact, frame, range(len(clean)))
         return [by_pos[k] for k in range(len(clean))]

@@ -1,93 +1,186 @@
 """Fast inference for the common artifact shapes, proven equal to sklearn on first use.
 
 Per-call overhead dominates micro-batches: for a 100-tree RandomForest pipeline, sklearn's
-`predict` on 4 rows costs ~10-20 ms, almost none of it arithmetic. Two things remove most
-of it without changing a single output:
-- `sklearn.config_context(assume_finite=True, skip_parameter_validation=True)`: the rows
-  were validated (finite, typed) before they got here;
-- for forests of regression trees, summing `tree_.predict` over the estimators directly,
-  which is what `RandomForestRegressor.predict` computes behind joblib and input checks.
-The first batch is predicted both ways; if they differ, the fast path is dropped for that
-model (logged) and sklearn's own predict is used from then on.
+`predict` on 4 rows costs ~10-20 ms, almost none of it arithmetic (DataFrame handling,
+input re-validation, joblib dispatch per tree). predq's rows are already validated, so:
+- every sklearn call runs under `config_context(assume_finite=True,
+  skip_parameter_validation=True)`;
+- a ColumnTransformer of StandardScaler / OneHotEncoder(handle_unknown="ignore") /
+  passthrough on named columns is applied straight from its fitted parameters, from the
+  row dicts, without building a DataFrame;
+- a forest of regression trees is the mean of `tree_.predict` over its estimators, which
+  is what `RandomForestRegressor.predict` computes.
+The first batch is predicted both ways; if they differ the fast path is dropped for that
+model (logged) and sklearn's predict is used from then on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import sklearn
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 log = logging.getLogger(__name__)
 
-Predictor = Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray | None]]
+Rows = Sequence[Mapping[str, Any]]
+Predictor = Callable[[Rows], tuple[np.ndarray, np.ndarray | None]]
+Transform = Callable[[Rows], np.ndarray]
 _FORESTS = (RandomForestRegressor, ExtraTreesRegressor)
 
 
-def _fast_config() -> Any:
+def fast_config() -> Any:
     return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)
 
 
-def _forest_predict(forest: Any, x: Any) -> np.ndarray:
-    x32 = np.ascontiguousarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
+def compile_predictor(artifact: Any, slow: Predictor) -> Predictor:
+    """A predictor for `artifact`, checked against `slow` on its first call."""
+    fast = _fast_for(artifact)
+    configured = _configured(slow)
+    return configured if fast is None else _checked(fast, configured)
+
+
+def _fast_for(artifact: Any) -> Predictor | None:
+    if isinstance(artifact, dict):
+        steps = [artifact.get("preprocessor"), artifact.get("scaler"), artifact.get("model")]
+    elif isinstance(artifact, Pipeline):
+        steps = [step for _, step in artifact.steps]
+    else:
+        return None
+    *head, forest = [s for s in steps if s is not None and s != "passthrough"]
+    if not isinstance(forest, _FORESTS) or int(getattr(forest, "n_outputs_", 1)) != 1:
+        return None
+    if not head or not isinstance(head[0], ColumnTransformer):
+        return None
+    first = _column_transform(head[0])
+    later = [_array_transform(s) for s in head[1:]]
+    if first is None or any(t is None for t in later):
+        return None
+    rest = [t for t in later if t is not None]
+
+    def run(rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
+        x = first(rows)
+        for step in rest:
+            x = step(x)
+        return _forest_predict(forest, x), None
+    return run
+
+
+def _forest_predict(forest: Any, x: np.ndarray) -> np.ndarray:
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
     total = np.zeros(x32.shape[0], dtype=np.float64)
     for estimator in forest.estimators_:
         total += estimator.tree_.predict(x32).reshape(x32.shape[0], -1)[:, 0]
     return total / len(forest.estimators_)
 
 
-def _split(artifact: Any) -> tuple[Callable[[pd.DataFrame], Any], Any] | None:
-    """(transform, forest) when the artifact ends in a single-output regression forest."""
-    if isinstance(artifact, Pipeline) and isinstance(artifact.steps[-1][1], _FORESTS):
-        head = artifact[:-1]
-        return head.transform, artifact.steps[-1][1]
-    if isinstance(artifact, _FORESTS):
-        return (lambda frame: frame.to_numpy()), artifact
+def _column_transform(ct: ColumnTransformer) -> Transform | None:
+    parts: list[Transform] = []
+    for _name, transformer, columns in ct.transformers_:
+        if isinstance(transformer, str) and transformer == "drop":
+            continue
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            return None
+        part = _part(transformer, tuple(columns))
+        if part is None:
+            return None
+        parts.append(part)
+    if not parts:
+        return None
+    return lambda rows: np.hstack([p(rows) for p in parts]) if len(parts) > 1 else parts[0](rows)
+
+
+def _part(transformer: Any, columns: tuple[str, ...]) -> Transform | None:
+    if (isinstance(transformer, str) and transformer == "passthrough") or (
+            isinstance(transformer, FunctionTransformer) and transformer.func is None):
+        # A fitted "passthrough" is an identity FunctionTransformer in recent sklearn.
+        return _numeric(columns, None, None)
+    if isinstance(transformer, StandardScaler):
+        return _numeric(columns, transformer.mean_ if transformer.with_mean else None,
+                        transformer.scale_ if transformer.with_std else None)
+    if isinstance(transformer, OneHotEncoder) and _plain_onehot(transformer):
+        return _onehot(columns, transformer.categories_)
     return None
 
 
-def _is_single_output(forest: Any) -> bool:
-    return int(getattr(forest, "n_outputs_", 1)) == 1
+def _plain_onehot(encoder: OneHotEncoder) -> bool:
+    return (encoder.handle_unknown == "ignore" and encoder.drop_idx_ is None
+            and not getattr(encoder, "_infrequent_enabled", False))
 
 
-def compile_predictor(artifact: Any, slow: Predictor) -> Predictor:
-    """A predictor for `artifact` that is checked against `slow` on its first call."""
-    parts = _split(artifact)
-    if parts is None or not _is_single_output(parts[1]):
-        return _configured(slow)
-    transform, forest = parts
+def _numeric(columns: tuple[str, ...], mean: Any, scale: Any) -> Transform:
+    def run(rows: Rows) -> np.ndarray:
+        x = np.array([[row[c] for c in columns] for row in rows], dtype=np.float64)
+        if mean is not None:
+            x -= mean
+        if scale is not None:
+            x /= scale
+        return x
+    return run
 
-    def fast(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
-        with _fast_config():
-            return _forest_predict(forest, transform(frame)), None
 
-    return _checked(fast, _configured(slow))
+def _onehot(columns: tuple[str, ...], categories: list[np.ndarray]) -> Transform:
+    offsets: list[dict[Any, int]] = []
+    width = 0
+    for cats in categories:
+        offsets.append({value: width + k for k, value in enumerate(cats.tolist())})
+        width += len(cats)
+    pairs = tuple(zip(columns, offsets, strict=True))
+
+    def run(rows: Rows) -> np.ndarray:
+        out = np.zeros((len(rows), width), dtype=np.float64)
+        for i, row in enumerate(rows):
+            for column, index in pairs:
+                k = index.get(row[column])
+                if k is not None:  # handle_unknown="ignore": an unseen category is all zeros
+                    out[i, k] = 1.0
+        return out
+    return run
+
+
+def _array_transform(step: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    if isinstance(step, StandardScaler):
+        mean = step.mean_ if step.with_mean else None
+        scale = step.scale_ if step.with_std else None
+
+        def run(x: np.ndarray) -> np.ndarray:
+            x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+            if mean is not None:
+                x = x - mean
+            return x / scale if scale is not None else x
+        return run
+    return None
 
 
 def _configured(slow: Predictor) -> Predictor:
-    def run(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
-        with _fast_config():
-            return slow(frame)
+    def run(rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
+        with fast_config():
+            return slow(rows)
     return run
 
 
 def _checked(fast: Predictor, reference: Predictor) -> Predictor:
     state: dict[str, Predictor | None] = {"chosen": None}
 
-    def run(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
         chosen = state["chosen"]
         if chosen is not None:
-            return chosen(frame)
-        expected = reference(frame)
-        got = fast(frame)
-        same = np.allclose(got[0], expected[0], rtol=1e-9, atol=1e-9)
+            return chosen(rows)
+        expected = reference(rows)
+        try:
+            same = bool(np.allclose(fast(rows)[0], expected[0], rtol=1e-9, atol=1e-6))
+        except Exception:
+            log.exception("fast inference path failed; using sklearn's predict")
+            same = False
         state["chosen"] = fast if same else reference
+        run.fast_path = same  # type: ignore[attr-defined]  # for tests and logs
         if not same:
-            log.warning("fast forest path disagrees with sklearn's predict; using sklearn")
+            log.warning("fast inference path disagrees with sklearn's predict; using sklearn")
         return expected
     return run

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 
-from producer.sample import FEATURES, make_cars, train_pipeline
-from workers.fastpath import compile_predictor
+from producer.sample import FEATURES, make_cars, train_pipeline, train_seed_dict
+from workers.fastpath import Rows, compile_predictor
 from workers.inference import predict_frame
 
 
@@ -23,40 +23,70 @@ def test_pipeline_fast_path_equals_sklearn_on_every_call(cars: pd.DataFrame) -> 
     model = train_pipeline(cars, n_estimators=12, max_depth=6)
     calls: list[int] = []
 
-    def slow(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
-        calls.append(len(frame))
-        return predict_frame(model, frame)
+    def slow(rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
+        calls.append(len(rows))
+        return predict_frame(model, pd.DataFrame(list(rows)))
 
     predictor = compile_predictor(model, slow)
     for start in (0, 7, 100, 300):
         frame = cars.iloc[start:start + 13][list(FEATURES)]
-        got, conf = predictor(frame)
+        got, conf = predictor(records(frame))
         assert conf is None
         np.testing.assert_allclose(got, model.predict(frame), rtol=1e-12)
     assert calls == [13], "sklearn's predict runs only for the first (checking) call"
+    assert getattr(predictor, "fast_path", None) is True
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, object]]:
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for r in frame.to_dict(orient="records")]
+
+
+def test_seed_dict_fast_path_equals_its_parts(cars: pd.DataFrame) -> None:
+    artifact = train_seed_dict(cars, n_estimators=6, max_depth=5)
+    pre, scaler, model = artifact["preprocessor"], artifact["scaler"], artifact["model"]
+    predictor = compile_predictor(artifact, lambda rows: predict_frame(
+        artifact, pd.DataFrame(list(rows))))
+    feats = cars[list(FEATURES)]
+    predictor(records(feats.head(3)))
+    unseen = records(feats.iloc[10:30])
+    unseen[0]["brand"] = "Lada"  # an unseen category: all zeros, as handle_unknown="ignore"
+    expected = model.predict(scaler.transform(pre.transform(pd.DataFrame(unseen))))
+    np.testing.assert_allclose(predictor(unseen)[0], expected)
+    assert getattr(predictor, "fast_path", None) is True
 
 
 @pytest.mark.parametrize("forest", [RandomForestRegressor, ExtraTreesRegressor])
-def test_bare_forest_on_numbers(forest: type, cars: pd.DataFrame) -> None:
-    x = cars[["year", "mileage", "engine_size"]].astype(float)
-    model = forest(n_estimators=8, max_depth=5, random_state=0).fit(x, cars["price"])
-    predictor = compile_predictor(model, lambda f: predict_frame(model, f))
-    predictor(x.head(5))
-    np.testing.assert_allclose(predictor(x.iloc[5:40])[0], model.predict(x.iloc[5:40]))
+def test_other_forests_in_a_pipeline(forest: type, cars: pd.DataFrame) -> None:
+    from sklearn.pipeline import Pipeline
+
+    from producer.sample import preprocessor
+
+    model = Pipeline([("pre", preprocessor()),
+                      ("m", forest(n_estimators=8, max_depth=5, random_state=0))])
+    model.fit(cars[list(FEATURES)], cars["price"])
+    predictor = compile_predictor(model, lambda rows: predict_frame(
+        model, pd.DataFrame(list(rows))))
+    feats = cars[list(FEATURES)]
+    predictor(records(feats.head(5)))
+    np.testing.assert_allclose(predictor(records(feats.iloc[5:40]))[0],
+                               model.predict(feats.iloc[5:40]))
+    assert getattr(predictor, "fast_path", None) is True
 
 
 def test_disagreement_keeps_sklearns_answer(cars: pd.DataFrame,
                                             caplog: pytest.LogCaptureFixture) -> None:
     model = train_pipeline(cars, n_estimators=4, max_depth=3)
 
-    def shifted(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
-        return model.predict(frame) + 1.0, None
+    def shifted(rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
+        return model.predict(pd.DataFrame(list(rows))) + 1.0, None
 
     predictor = compile_predictor(model, shifted)
     frame = cars.head(6)[list(FEATURES)]
     with caplog.at_level(logging.WARNING, logger="workers.fastpath"):
-        first = predictor(frame)[0]
-    second = predictor(frame)[0]
+        first = predictor(records(frame))[0]
+    second = predictor(records(frame))[0]
     np.testing.assert_allclose(first, model.predict(frame) + 1.0)
     np.testing.assert_allclose(second, model.predict(frame) + 1.0)
     assert "disagrees" in caplog.text
+    assert getattr(predictor, "fast_path", None) is False
