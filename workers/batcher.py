@@ -26,6 +26,9 @@ from workers.writer import PredictionWriter
 
 log = logging.getLogger(__name__)
 
+LINGER_S = 0.002
+"""How long a batch waits for company, only while the previous batch had some."""
+
 
 @dataclass
 class _Item:
@@ -52,6 +55,7 @@ class Batcher:
         self._thread.start()
         self.batches = 0
         self.rows = 0
+        self._last_size = 0
 
     def submit(self, features: object, request_id: str) -> Future[dict[str, Any]]:
         future: Future[dict[str, Any]] = Future()
@@ -68,14 +72,20 @@ class Batcher:
         if first is None:
             return [], True
         items = [first]
+        # Under load (the last batch had company) linger briefly for more rows: every
+        # batch pays a fixed model-call and transaction cost. A lone request never waits.
+        deadline = time.monotonic() + (LINGER_S if self._last_size > 1 else 0.0)
         while len(items) < self._max:
             try:
-                nxt = self._queue.get_nowait()
+                timeout = deadline - time.monotonic()
+                nxt = (self._queue.get(timeout=timeout) if timeout > 0
+                       else self._queue.get_nowait())
             except queue.Empty:
                 break
             if nxt is None:
                 return items, True
             items.append(nxt)
+        self._last_size = len(items)
         return items, False
 
     def _run(self) -> None:

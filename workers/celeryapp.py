@@ -7,6 +7,7 @@ and solo pools) and closed on shutdown.
 
 from __future__ import annotations
 
+import gc
 import logging
 import ssl
 from typing import Any
@@ -67,9 +68,13 @@ def _connect_signals(settings: Settings) -> None:
         control.set_pool_kind("prefork" if forks["value"] else "threads")
         if forks["value"] and settings.metrics_port:
             metrics.prepare_prefork()  # before the fork: children record to a shared dir
+        # Each batch allocates thousands of short-lived dicts; the default gen-0 threshold
+        # (700) ran the collector so often it took ~15% of a batch task (bench/README.md).
+        gc.set_threshold(100_000, 50, 100)
         if not settings.log_tasks:
             # Celery logs every success with its full result at INFO: costly at 1,000s/s.
             logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+            logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
         log.info("predq worker: broker %s, database %s, settings %s",
                  redact_url(settings.broker_url), redact_url(settings.database_url),
                  settings.describe())
