@@ -1,11 +1,12 @@
 """Micro-batching of single-row predict tasks inside one worker process.
 
 Task threads (Celery's threads pool) hand their row to the model's batcher and wait. The
-batcher thread takes whatever is queued right now, up to `max_batch_size`, predicts it in
-ONE model call, logs it with ONE bulk write, and only then releases the waiting tasks, so
-each task is acknowledged after its row is durable. A lone request is never held back:
-there is no wait for company (Triton's zero-delay default); rows that arrive while a
-batch runs form the next one.
+batcher thread takes whatever is queued right now, up to `max_batch_size`, and predicts it
+in ONE model call; a commit thread logs it with ONE bulk write (batches that finish while
+a commit is in flight share the next one), and only then are the waiting tasks released,
+so each task is acknowledged after its row is durable. A lone request is never held
+back: there is no wait for company at low load (Triton's zero-delay default); rows that
+arrive while a batch runs form the next one.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from modelstore.errors import InvalidInput
 from workers import metrics
-from workers.execute import ServingModel, execute, persist
+from workers.execute import Outcome, ServingModel, execute, persist
 from workers.validation import Limits
 from workers.writer import PredictionWriter
 
@@ -37,6 +39,16 @@ class _Item:
     future: Future[dict[str, Any]]
 
 
+@dataclass
+class _Predicted:
+    """A batch predicted by one model object, waiting for its rows to be durable."""
+
+    items: list[_Item]
+    outcome: Outcome
+    model: ServingModel
+    started: float
+
+
 class Batcher:
     """One per (process, model name)."""
 
@@ -50,8 +62,12 @@ class Batcher:
         self._max = max_batch_size
         self._before_batch = before_batch
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[_Predicted | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"predq-batcher-{name}",
                                         daemon=True)
+        self._committer = threading.Thread(target=self._commit_loop,
+                                           name=f"predq-commit-{name}", daemon=True)
+        self._committer.start()
         self._thread.start()
         self.batches = 0
         self.rows = 0
@@ -93,9 +109,11 @@ class Batcher:
         while not stopping:
             items, stopping = self._take()
             if items:
-                self._process(items)
+                self._predict(items)
+        self._done.put(None)
+        self._committer.join(timeout=30)
 
-    def _process(self, items: list[_Item]) -> None:
+    def _predict(self, items: list[_Item]) -> None:
         started = time.perf_counter()
         try:
             if self._before_batch is not None:
@@ -103,20 +121,64 @@ class Batcher:
             model = self._model()
             outcome = execute(model, [i.features for i in items], [i.request_id for i in items],
                               self._limits, single_rows=True)
-            persist(outcome, self._writer.write)
-        except Exception as exc:
-            log.exception("batch of %d rows for model %r failed", len(items), self.name)
-            metrics.observe_batch(self.name, None, len(items), len(items),
-                                  time.perf_counter() - started)
-            for item in items:
-                item.future.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - loop boundary; _fail logs the traceback
+            self._fail(items, exc, started)
             return
+        self._done.put(_Predicted(items, outcome, model, started))
+
+    def _commit_loop(self) -> None:
+        """Log predicted batches; batches that finish during a commit share the next one
+        (group commit), so a slow fsync never stalls prediction."""
+        stopping = False
+        while not stopping:
+            first = self._done.get()
+            if first is None:
+                return
+            group = [first]
+            while sum(len(p.items) for p in group) < self._max:
+                try:
+                    nxt = self._done.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                group.append(nxt)
+            self._commit(group)
+
+    def _commit(self, group: list[_Predicted]) -> None:
+        try:
+            if len(group) == 1:
+                persist(group[0].outcome, self._writer.write)
+            else:
+                try:
+                    self._writer.write([row for p in group for row in p.outcome.rows])
+                except InvalidInput:  # some row is refused: isolate it, batch by batch
+                    for predicted in group:
+                        persist(predicted.outcome, self._writer.write)
+        except Exception as exc:  # noqa: BLE001 - loop boundary; _fail logs the traceback
+            for predicted in group:
+                self._fail(predicted.items, exc, predicted.started)
+            return
+        for predicted in group:
+            self._resolve(predicted)
+
+    def _resolve(self, predicted: _Predicted) -> None:
+        model, outcome = predicted.model, predicted.outcome
         metrics.observe_results(self.name, model.version, outcome.results,
-                                time.perf_counter() - started)
+                                time.perf_counter() - predicted.started)
         self.batches += 1
-        self.rows += len(items)
-        for item, result in zip(items, outcome.results, strict=True):
+        self.rows += len(predicted.items)
+        for item, result in zip(predicted.items, outcome.results, strict=True):
             if "error" not in result:
                 result["model_version"] = model.version
                 result["model_sha256"] = model.sha256
             item.future.set_result(result)
+
+    def _fail(self, items: list[_Item], exc: Exception, started: float) -> None:
+        log.error("batch of %d rows for model %r failed: %s", len(items), self.name, exc,
+                  exc_info=exc)
+        metrics.observe_batch(self.name, None, len(items), len(items),
+                              time.perf_counter() - started)
+        for item in items:
+            item.future.set_exception(exc)
