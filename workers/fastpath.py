@@ -58,6 +58,7 @@ def _fast_for(artifact: Any) -> Predictor | None:
         return None
     if not head or not isinstance(head[0], ColumnTransformer):
         return None
+    flat = FlatForest(forest)
     first = _column_transform(head[0])
     later = [_array_transform(s) for s in head[1:]]
     if first is None or any(t is None for t in later):
@@ -68,16 +69,61 @@ def _fast_for(artifact: Any) -> Predictor | None:
         x = first(rows)
         for step in rest:
             x = step(x)
-        return _forest_predict(forest, x), None
+        return flat.predict(x), None
     return run
 
 
-def _forest_predict(forest: Any, x: np.ndarray) -> np.ndarray:
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
-    total = np.zeros(x32.shape[0], dtype=np.float64)
-    for estimator in forest.estimators_:
-        total += estimator.tree_.predict(x32).reshape(x32.shape[0], -1)[:, 0]
-    return total / len(forest.estimators_)
+class FlatForest:
+    """All trees of a regression forest as flat arrays, walked for every tree at once.
+
+    For a micro-batch, 100 `tree_.predict` calls cost ~0.3 ms of Python overhead; the
+    level-by-level walk below costs ~0.04 ms for one row. Leaves point to themselves,
+    so walking max_depth levels lands every tree on its leaf. Comparisons are float32
+    inputs against float64 thresholds, exactly as sklearn's tree code does.
+    """
+
+    SMALL_BATCH = 256
+    """Above this many rows the per-tree loop is as fast and needs no index matrices."""
+
+    def __init__(self, forest: Any) -> None:
+        trees = [e.tree_ for e in forest.estimators_]
+        offsets = np.concatenate([[0], np.cumsum([t.node_count for t in trees])[:-1]])
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "t", "l", "r", "v")}
+        for tree, offset in zip(trees, offsets, strict=True):
+            leaf = tree.children_left == -1
+            own = np.arange(tree.node_count) + offset
+            parts["f"].append(np.where(leaf, 0, tree.feature))
+            parts["t"].append(np.where(leaf, np.inf, tree.threshold))
+            parts["l"].append(np.where(leaf, own, tree.children_left + offset))
+            parts["r"].append(np.where(leaf, own, tree.children_right + offset))
+            parts["v"].append(tree.value.reshape(tree.node_count, -1)[:, 0])
+        self.feature = np.concatenate(parts["f"]).astype(np.intp)
+        self.threshold = np.concatenate(parts["t"]).astype(np.float64)
+        self.left = np.concatenate(parts["l"]).astype(np.intp)
+        self.right = np.concatenate(parts["r"]).astype(np.intp)
+        self.value = np.concatenate(parts["v"]).astype(np.float64)
+        self.roots = offsets.astype(np.intp)
+        self.depth = max(t.max_depth for t in trees)
+        self.estimators = forest.estimators_
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x32 = np.ascontiguousarray(x.toarray() if hasattr(x, "toarray") else x,
+                                   dtype=np.float32)
+        if x32.shape[0] > self.SMALL_BATCH:
+            return self._per_tree(x32)
+        values = x32.astype(np.float64)
+        node = np.repeat(self.roots[None, :], x32.shape[0], axis=0)
+        rows = np.arange(x32.shape[0])[:, None]
+        for _ in range(self.depth):
+            go_left = values[rows, self.feature[node]] <= self.threshold[node]
+            node = np.where(go_left, self.left[node], self.right[node])
+        return self.value[node].mean(axis=1)
+
+    def _per_tree(self, x32: np.ndarray) -> np.ndarray:
+        total = np.zeros(x32.shape[0], dtype=np.float64)
+        for estimator in self.estimators:
+            total += estimator.tree_.predict(x32).reshape(x32.shape[0], -1)[:, 0]
+        return total / len(self.estimators)
 
 
 def _column_transform(ct: ColumnTransformer) -> Transform | None:

@@ -90,3 +90,14 @@ def test_disagreement_keeps_sklearns_answer(cars: pd.DataFrame,
     np.testing.assert_allclose(second, model.predict(frame) + 1.0)
     assert "disagrees" in caplog.text
     assert getattr(predictor, "fast_path", None) is False
+
+
+@pytest.mark.parametrize("rows", [1, 2, 255, 256, 257, 400])
+def test_flat_forest_matches_sklearn_on_both_sides_of_the_switch(
+        rows: int, cars: pd.DataFrame) -> None:
+    from workers.fastpath import FlatForest
+
+    model = train_pipeline(cars, n_estimators=7, max_depth=9)
+    x = model[:-1].transform(cars[list(FEATURES)].head(rows))
+    np.testing.assert_allclose(FlatForest(model[-1]).predict(x), model[-1].predict(x),
+                               rtol=1e-12)
