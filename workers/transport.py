@@ -49,6 +49,7 @@ class ReliableChannel(kredis.Channel):
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._moving: str | None = None
         self._last_beat = 0.0
+        self._side: Any = None
 
     def _reliable_source(self) -> str | None:
         if self.global_keyprefix or list(self.priority_steps) != [0]:
@@ -119,8 +120,13 @@ class ReliableChannel(kredis.Channel):
             with self.conn_or_acquire() as client:
                 client.pipeline().lrem(inflight, 1, item).rpush(source, item).execute()
             raise
-        with self.conn_or_acquire() as client:
-            client.lrem(inflight, 1, item)
+        self._side_client().lrem(inflight, 1, item)
+
+    def _side_client(self) -> Any:
+        """One client for the in-flight bookkeeping: kombu builds a new one per call."""
+        if self._side is None:
+            self._side = self._create_client()
+        return self._side
 
     def recover_orphaned_inflight(self) -> int:
         """Move in-flight lists of consumers that stopped heart-beating back to their queue."""
