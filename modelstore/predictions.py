@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict, TypeGuard
 
+import orjson
 from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import sqlite
 
@@ -77,13 +78,34 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
+def _flat_json(features: Mapping[Any, Any]) -> str | None:
+    """orjson for the common flat row of finite numbers and strings (10x json.dumps, which
+    was 18% of a 1,000-row batch task); None sends anything else to json.dumps. orjson
+    writes NaN as null, hence the explicit finiteness check."""
+    for key, value in features.items():
+        if type(key) is not str:
+            return None
+        if type(value) is float:
+            if not math.isfinite(value):
+                return None
+        elif type(value) not in _PLAIN:
+            return None
+    try:
+        return orjson.dumps(features).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: json.dumps takes it
+        return None
+
+
 def _features_json(features: Any, index: int) -> str:
     """JSON text for the JSONB column; a str is taken as JSON already (the caller's contract)."""
     if isinstance(features, str):
         text = features
     elif isinstance(features, Mapping):
         try:
-            text = json.dumps(features, allow_nan=False)
+            text = _flat_json(features) or json.dumps(features, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"rows[{index}].input_features: not storable as JSON "
                                f"({exc})") from None
