@@ -219,6 +219,11 @@ class ModelEvaluationDB:
                                      by=by or default_actor(), reason=reason,
                                      signing_key=self.signing_key)
 
+    def ping(self) -> None:
+        """A round trip to the database; raises DatabaseUnavailable when it is down."""
+        with self._tx("pinging the database") as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def production_pointer(self, model_name: str = defaults.DEFAULT_MODEL_NAME
                            ) -> Pointer | None:
         """The production version and generation: the cheap check serving processes poll."""

@@ -64,8 +64,14 @@ def _build(url: str, connect_timeout_s: int) -> Engine:
     connect_args: dict[str, Any] = {
         "connect_timeout": connect_timeout_s,
         "application_name": "predq",
+        # A silent partition (no reset) must surface as an error in seconds, not minutes:
+        # unacknowledged sends give up after tcp_user_timeout, a silent peer after
+        # keepalives_idle + interval * count.
         "keepalives": 1,
-        "keepalives_idle": 30,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": connect_timeout_s * 1000,
         "options": f"-c statement_timeout={defaults.STATEMENT_TIMEOUT_MS}",
     }
     if parsed.drivername in ("postgresql", "postgres"):

@@ -1,16 +1,16 @@
 """The prediction writer: bulk insert into Postgres, or the durable spool when it is down.
 
 A batch counts as durable when either its rows are committed or they are fsynced in the
-spool; only then are the tasks that carried them acknowledged (invariant 3). While the
-database is failing, writes go straight to the spool for a back-off period, so a dead
-database costs one connect timeout per back-off, not one per batch (invariant 4).
+spool; only then are the tasks that carried them acknowledged (invariant 3). Once a write
+finds the database unavailable, writes go straight to the spool and only the replayer
+thread probes the database, so an outage never stalls serving (invariant 4).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +22,8 @@ from workers.spool import Spool
 
 log = logging.getLogger(__name__)
 
-BACKOFF_S = 2.0
 REPLAY_INTERVAL_S = 1.0
+WRITE_DEADLINE_S = 10.0
 
 WRITTEN = "written"
 SPOOLED = "spooled"
@@ -36,7 +36,10 @@ class PredictionWriter:
         self._db_factory = db_factory
         self._db: ModelEvaluationDB | None = None
         self.spool = spool
-        self._down_until = 0.0
+        self._down = False
+        # Two threads: one may be stuck on a dead socket while the next write goes through.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="predq-db-write")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._replayer = threading.Thread(target=self._replay_loop, name="predq-spool-replay",
@@ -51,22 +54,38 @@ class PredictionWriter:
         """Make rows durable; returns WRITTEN or SPOOLED. Raises only if both paths fail."""
         if not rows:
             return WRITTEN
-        if time.monotonic() >= self._down_until:
+        if not self._down:
             try:
-                self._database().store_predictions(rows)
+                self._write_with_deadline(rows)
                 self.rows_written += len(rows)
                 metrics.observe_write(rows, spooled=False)
                 return WRITTEN
             except DatabaseUnavailable as exc:
                 # Only an outage is spooled: a row the database refuses for good would
                 # block every later replay behind it, so that error goes to the caller.
-                self._down_until = time.monotonic() + BACKOFF_S
-                log.warning("prediction log unavailable, spooling %d rows: %s", len(rows), exc)
+                # From now on writes go straight to the spool; the replayer probes.
+                self._down = True
+                log.warning("prediction log unavailable, spooling until it is back: %s", exc)
         self.spool.append(rows)
         self.rows_spooled += len(rows)
         metrics.observe_write(rows, spooled=True)
         metrics.set_spool_depth(self.spool.pending_rows())
         return SPOOLED
+
+    def _write_with_deadline(self, rows: Sequence[PredictionRow]) -> None:
+        """store_predictions, given up after WRITE_DEADLINE_S.
+
+        A silent partition (or a proxy that stops forwarding) leaves a socket that TCP
+        never declares dead; without a deadline the batch, and every task waiting on it,
+        would hang until the link heals. A write abandoned here may still commit later:
+        its rows are also spooled, and the replay's request_id dedup keeps one copy.
+        """
+        future = self._executor.submit(lambda: self._database().store_predictions(rows))
+        try:
+            future.result(timeout=WRITE_DEADLINE_S)
+        except concurrent.futures.TimeoutError:
+            raise DatabaseUnavailable(f"prediction log: no answer within {WRITE_DEADLINE_S:.0f} s "
+                                      f"for {len(rows)} rows") from None
 
     def _database(self) -> ModelEvaluationDB:
         with self._lock:
@@ -75,15 +94,25 @@ class PredictionWriter:
             return self._db
 
     def replay_once(self) -> int:
-        """Write spooled rows to the database; returns rows replayed (0 when it is down)."""
-        if self.spool.pending_rows() == 0 or time.monotonic() < self._down_until:
+        """Write spooled rows to the database; returns rows replayed (0 while it is down).
+
+        Runs on the replayer thread, so a dead database costs this thread a connect
+        timeout per attempt, never the serving path.
+        """
+        pending = self.spool.pending_rows()
+        if pending == 0 and not self._down:
             return 0
         try:
-            replayed = self.spool.replay(self._database().store_predictions)
+            db = self._database()
+            replayed = self.spool.replay(db.store_predictions) if pending else 0
+            if not pending:
+                db.ping()
         except (DatabaseUnavailable, StoreError) as exc:
-            self._down_until = time.monotonic() + BACKOFF_S
-            log.info("spool replay deferred: %s", exc)
+            log.info("database still unavailable; %d rows stay spooled: %s", pending, exc)
             return 0
+        if self._down:
+            log.warning("prediction log available again")
+            self._down = False
         if replayed:
             log.info("replayed %d spooled prediction rows into the database", replayed)
             metrics.observe_replay(replayed)
@@ -105,4 +134,5 @@ class PredictionWriter:
             self.replay_once()
         except Exception:
             log.exception("final spool replay failed; rows stay spooled for the next start")
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self.spool.close()

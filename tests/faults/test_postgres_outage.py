@@ -186,7 +186,6 @@ SILENT_BUG = (
     "spooled until the link heals or TCP gives up (minutes)")
 
 
-@pytest.mark.xfail(strict=True, reason=SILENT_BUG)
 def test_postgres_silently_unreachable_keeps_serving(pg_url: str, redis_db: str,
                                                      tmp_path: Path,
                                                      fault_report: ReportFn) -> None:
