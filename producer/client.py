@@ -185,7 +185,8 @@ class PredqClient:
             kwargs = {"artifact_path": payload.artifact_path,
                       "artifact_b64": payload.artifact_b64, "model_type": model_type,
                       "run_id": run_id, "metrics": clean, "model": model, "version": version,
-                      "promote": promote, "feature_schema": payload.feature_schema}
+                      "promote": promote, "feature_schema": payload.feature_schema,
+                      "signature": transport.upload_signature(payload, self.settings)}
             value = self._wait(self._send(STORE_MODEL, kwargs), timeout,
                                f"store_model run_id={run_id!r}")
         if isinstance(value, dict) and value.get("error"):

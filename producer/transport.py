@@ -3,6 +3,7 @@ travels to `predq.store_model` (a shared path or base64, never pickle in a messa
 
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
+from modelstore import artifacts
 from modelstore.engine import redact_url
 from modelstore.settings import Settings
 from producer import payloads
@@ -102,3 +104,15 @@ def too_big_message(artifact: object, settings: Settings) -> str:
     return (f"{what}: too large for a base64 task (PREDQ_MAX_ARTIFACT_B64_BYTES="
             f"{settings.max_artifact_b64_bytes}) and workers do not share this filesystem; "
             "register with direct=True (CLI: --direct) or set PREDQ_SHARED_ARTIFACT_PATHS=1")
+
+
+def upload_signature(payload: ArtifactPayload, settings: Settings) -> str | None:
+    """The artifact's HMAC when this pipeline holds PREDQ_SIGNING_KEY: workers with the
+    key refuse unsigned uploads."""
+    if settings.signing_key is None:
+        return None
+    if payload.artifact_path is not None:
+        data = Path(payload.artifact_path).read_bytes()
+    else:
+        data = base64.b64decode(payload.artifact_b64 or "")
+    return artifacts.sign(artifacts.sha256_hex(data), settings.signing_key)

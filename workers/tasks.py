@@ -11,10 +11,12 @@ from typing import Any
 
 from celery import Celery, Task
 
+from modelstore import artifacts
 from modelstore.db import ModelEvaluationDB
 from modelstore.defaults import DEFAULT_MODEL_NAME
 from modelstore.errors import (
     ArtifactError,
+    ArtifactSignatureError,
     DatabaseUnavailable,
     DuplicateModelVersion,
     InvalidInput,
@@ -102,6 +104,21 @@ def _batch_problem(rows: object, request_ids: object, settings: Settings) -> str
     return None
 
 
+def _check_upload_signature(settings: Settings, data: bytes, signature: object) -> None:
+    """With a signing key, an upload must arrive signed by whoever holds the key (the
+    training pipeline). Signing whatever arrives would let anyone who can write to the
+    broker have every worker unpickle (run) their bytes."""
+    if settings.signing_key is None:
+        return
+    if not isinstance(signature, str) or not signature:
+        raise ArtifactSignatureError(
+            "signature: workers have PREDQ_SIGNING_KEY set, so predq.store_model needs the "
+            "artifact's HMAC-SHA256 signature (modelstore.artifacts.sign(sha256, key)); "
+            "refusing an unsigned upload")
+    artifacts.verify_signature(artifacts.sha256_hex(data), signature, settings.signing_key,
+                               "uploaded artifact")
+
+
 def _artifact_bytes(settings: Settings, artifact_path: object, artifact_b64: object) -> bytes:
     if (artifact_path is None) == (artifact_b64 is None):
         raise InvalidInput("artifact_path / artifact_b64: give exactly one")
@@ -130,7 +147,7 @@ def _store_model(app: Celery, settings: Settings, artifact_path: object = None,
                  run_id: object = None, metrics: object = None,
                  model: object = DEFAULT_MODEL_NAME, version: object = None,
                  promote: object = False, feature_schema: object = None,
-                 **extra: Any) -> dict[str, Any]:
+                 signature: object = None, **extra: Any) -> dict[str, Any]:
     problem = _unexpected(extra)
     if problem:
         raise InvalidInput(problem)
@@ -139,6 +156,7 @@ def _store_model(app: Celery, settings: Settings, artifact_path: object = None,
     if feature_schema is not None and not isinstance(feature_schema, dict):
         raise InvalidInput("feature_schema: expected an object with 'columns'")
     data = _artifact_bytes(settings, artifact_path, artifact_b64)
+    _check_upload_signature(settings, data, signature)
     db = ModelEvaluationDB(settings.database_url, signing_key=settings.signing_key)
     # describe=False: never unpickle uploaded bytes in a worker at store time.
     stored = db.store_model(run_id, version, model_type, data,  # type: ignore[arg-type]

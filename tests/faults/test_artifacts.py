@@ -174,7 +174,6 @@ WIRE_BUG = (
     "about who made the artifact")
 
 
-@pytest.mark.xfail(strict=True, reason=WIRE_BUG)
 def test_pickle_uploaded_through_store_model_is_not_run(stack: Stack,
                                                          fault_report: ReportFn) -> None:
     """A code-running pickle sent by a plain client as predq.store_model(artifact_b64=...,

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import text
 
-from modelstore import ModelEvaluationDB
+from modelstore import ModelEvaluationDB, artifacts
 from modelstore.artifacts import serialize
 from modelstore.errors import PredqError
 from modelstore.settings import Settings
@@ -93,11 +93,15 @@ def _exercise(app: Any, s: Secrets, url: str, proxy: Any, worker: WorkerProcess,
     """Predictions, store_model, a tampered artifact, a DB outage; everything answered."""
     seen: dict[str, Any] = {}
     feats = models.rows(3)
-    payload = base64.b64encode(serialize(models.small_model())).decode()
+    blob = serialize(models.small_model())
+    payload = base64.b64encode(blob).decode()
     seen["predict"] = app.send_task("predq.predict", kwargs={"features": feats[0]}).get(60)
     seen["batch"] = app.send_task("predq.predict_batch", kwargs={
         "rows": [feats[1], {**feats[2], "year": "x"}]}).get(60)
-    store = {"artifact_b64": payload, "model_type": "RandomForest", "version": "s-v2"}
+    # Workers with a signing key take only uploads signed by the key's holder.
+    signature = artifacts.sign(artifacts.sha256_hex(blob), s.signing_key.encode())
+    store = {"artifact_b64": payload, "model_type": "RandomForest", "version": "s-v2",
+             "signature": signature}
     seen["store"] = app.send_task("predq.store_model", kwargs={**store, "run_id": "r1"}).get(60)
     seen["store_dup"] = app.send_task("predq.store_model",
                                       kwargs={**store, "run_id": "r2"}).get(60)
