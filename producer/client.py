@@ -301,6 +301,11 @@ class PredqClient:
         self._ensure_reachable()
         try:
             return self.app.send_task(name, kwargs=kwargs, ignore_result=ignore_result)
+        except RuntimeError as exc:
+            # Celery's Redis result backend gives up subscribing with a bare RuntimeError.
+            raise BrokerUnavailable(f"cannot send {name}: result backend "
+                                    f"{redact_url(self.settings.result_backend)} unreachable: "
+                                    f"{exc}") from exc
         except _SEND_ERRORS as exc:
             raise BrokerUnavailable(f"cannot send {name}: broker "
                                     f"{redact_url(self.settings.broker_url)} unreachable: "
@@ -309,14 +314,20 @@ class PredqClient:
     def _broadcast(self, command: str, arguments: dict[str, Any], timeout: float,
                    limit: int | None = None) -> list[Any]:
         self._ensure_reachable()
-        try:
-            replies = self.app.control.broadcast(command, arguments=arguments, reply=True,
-                                                 timeout=timeout, limit=limit)
-        except _SEND_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot broadcast {command}: broker "
-                                    f"{redact_url(self.settings.broker_url)} unreachable: "
-                                    f"{exc}") from exc
-        return list(replies or [])
+        for attempt in (1, 2):
+            try:
+                replies = self.app.control.broadcast(command, arguments=arguments, reply=True,
+                                                     timeout=timeout, limit=limit)
+                return list(replies or [])
+            except _SEND_ERRORS as exc:
+                if attempt == 1:
+                    # A pooled connection that died with a Redis restart fails once (and
+                    # is dropped): try again before calling the broker unreachable.
+                    continue
+                raise BrokerUnavailable(f"cannot broadcast {command}: broker "
+                                        f"{redact_url(self.settings.broker_url)} unreachable: "
+                                        f"{exc}") from exc
+        raise AssertionError("unreachable")
 
     def _wait(self, result: Any, timeout: float, what: str) -> Any:
         try:
@@ -326,7 +337,8 @@ class PredqClient:
                 f"{what}: no result within {timeout:g} s (task {result.id}); is a predq worker "
                 f"consuming queue {defaults.DEFAULT_QUEUE!r} at "
                 f"{redact_url(self.settings.broker_url)}?") from None
-        except _SEND_ERRORS as exc:
+        except (RuntimeError, *_SEND_ERRORS) as exc:
+            # RuntimeError: Celery's Redis result backend giving up on reconnecting.
             raise BrokerUnavailable(f"{what}: result backend "
                                     f"{redact_url(self.settings.result_backend)} unreachable: "
                                     f"{exc}") from exc

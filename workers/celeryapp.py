@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import ssl
 from typing import Any
 
 from celery import Celery
@@ -42,9 +41,6 @@ def create_app(settings: Settings) -> Celery:
         app.conf.broker_url = "filesystem://localhost/"
     if settings.broker_url.startswith(("redis://", "rediss://")):
         app.conf.broker_transport = "workers.transport:ReliableTransport"
-        if settings.broker_url.startswith("rediss://") and not app.conf.broker_use_ssl:
-            # An explicit transport bypasses kombu's rediss:// scheme check: verify certs.
-            app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     register_tasks(app, settings)
     _connect_signals(settings)
     return app

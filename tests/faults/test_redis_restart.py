@@ -247,7 +247,6 @@ ROUND_TRIP_BUG = (
     "PredqClient._send does not translate into BrokerUnavailable")
 
 
-@pytest.mark.xfail(strict=True, reason=ROUND_TRIP_BUG)
 def test_round_trip_while_redis_is_down_raises_a_clear_error(tmp_path: Path,
                                                               fault_report: ReportFn) -> None:
     server = _private_redis(tmp_path / "redis")
@@ -284,7 +283,6 @@ BROADCAST_BUG = (
     "PredqClient._broadcast does not retry once on a connection error")
 
 
-@pytest.mark.xfail(strict=True, reason=BROADCAST_BUG)
 def test_promote_right_after_a_redis_restart(pg_url: str, tmp_path: Path,
                                              fault_report: ReportFn) -> None:
     models.register(pg_url, "v1")

@@ -138,16 +138,17 @@ BARE_REDISS_BUG = (
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason=BARE_REDISS_BUG)
 def test_bare_rediss_broker_url(pg_url: str, tls_redis: RedisServer, tmp_path: Path,
-                                fault_report: ReportFn) -> None:
+                                fault_report: ReportFn,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
     models.register(pg_url, "v1")
     env = fault_env(pg_url, tls_redis.url(0), tmp_path, SSL_CERT_FILE=str(tls_redis.ca_file))
     env.pop("PREDQ_RESULT_BACKEND")  # documented default: the broker URL
+    # The client verifies the certificate too: it must trust the test CA like the worker.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_redis.ca_file))
     answer, started, _log = _round_trip(env, tmp_path, "tlsbare")
     fault_report("Bare `PREDQ_BROKER_URL=rediss://:<password>@host/0` (no ssl_cert_reqs), "
                  "result backend left to default to it",
                  f"{started[:160]}; PredqClient.predict: {_said(answer)[:140]}",
-                 "broker side accepted (create_app verifies certificates), result backend "
-                 "side not")
+                 "both sides default to ssl_cert_reqs=required (certificates verified)")
     assert isinstance(answer, dict) and answer.get("model_version") == "v1", answer
