@@ -106,8 +106,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     seconds = _clock.get("end", 0.0) - _clock.get("start", 0.0)
     command = " ".join(["pytest", *session.config.invocation_params.args]) or "pytest"
-    report.TABLE_PATH.write_text(report.render(_final_rows(), seconds, command))
-    sys.stderr.write(f"\n[faults] results table written to {report.TABLE_PATH}\n")
+    table = report.render(_final_rows(), seconds, command)
+    report.TABLE_PATH.write_text(table)
+    report.splice_into_readme(table)
+    sys.stderr.write(f"\n[faults] results table written to {report.TABLE_PATH} and the "
+                     "README's fault section\n")
 
 
 # -- fixtures ---------------------------------------------------------------------------

@@ -107,3 +107,17 @@ def _group_summaries(rows: list[Row]) -> list[Row]:
                        checked + " See the case table below.", status=status,
                        order=min(r.order for r in cases)))
     return out
+
+
+README_PATH = Path(__file__).resolve().parents[2] / "README.md"
+BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
+
+
+def splice_into_readme(table: str) -> None:
+    """Replace the README's generated fault table (between the markers) with `table`."""
+    text = README_PATH.read_text()
+    if BEGIN not in text or END not in text:
+        return
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README_PATH.write_text(f"{head}{BEGIN}\n{table.strip()}\n{END}{tail}")
