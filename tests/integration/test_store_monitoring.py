@@ -14,7 +14,8 @@ from sqlalchemy import Engine, text
 from modelstore import ModelEvaluationDB
 
 MONITORING_SQL = Path(__file__).resolve().parents[2] / "sql" / "monitoring.sql"
-SEED_GUIDE = Path("/work/shared/seed/000_79363e88e71ea6a8.md")
+# shared/ sits beside the checkout (here and in CI's clone).
+SEED_GUIDE = Path(__file__).resolve().parents[3] / "shared" / "seed" / "000_79363e88e71ea6a8.md"
 
 # Verbatim from the seed guide's "Model Size Tracking" and "Prediction Monitoring".
 SEED_TOTAL_SIZE = (
