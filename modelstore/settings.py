@@ -3,67 +3,54 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from modelstore import defaults
 from modelstore.errors import ConfigError
 
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name}: must be positive, got {value}")
-    return value
+N = TypeVar("N", int, float)
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name}: must be positive, got {raw!r}")
-    return value
-
-
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    """A TCP port; 0 means "disabled"."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a port number (0 disables), got {raw!r}") from None
-    if not 0 <= value <= 65535:
-        raise ConfigError(f"{name}: must be 0..65535, got {value}")
-    return value
-
-
-def _margin(env: Mapping[str, str], name: str) -> float | None:
-    """A relative margin such as 0.1 (10 %); unset or empty means "off"."""
+def _parse(env: Mapping[str, str], name: str, cast: Callable[[str], N], expected: str,
+           ok: Callable[[N], bool], rule: str) -> N | None:
+    """The variable parsed with `cast` (None when unset), or ConfigError naming it."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return None
     try:
-        value = float(raw)
+        value = cast(raw)
     except ValueError:
-        raise ConfigError(f"{name}: expected a fraction such as 0.1, got {raw!r}") from None
-    if not 0 <= value < 100:
-        raise ConfigError(f"{name}: must be a non-negative fraction, got {raw!r}")
+        raise ConfigError(f"{name}: expected {expected}, got {raw!r}") from None
+    if not ok(value):
+        raise ConfigError(f"{name}: {rule}, got {raw!r}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _parse(env, name, int, "an integer", lambda v: v > 0, "must be positive")
+    return default if value is None else value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _parse(env, name, float, "a number of seconds", lambda v: v > 0,
+                   "must be positive")
+    return default if value is None else value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port; 0 means "disabled"."""
+    value = _parse(env, name, int, "a port number (0 disables)", lambda v: 0 <= v <= 65535,
+                   "must be 0..65535")
+    return default if value is None else value
+
+
+def _margin(env: Mapping[str, str], name: str) -> float | None:
+    """A relative margin such as 0.1 (10 %); unset or empty means "off"."""
+    return _parse(env, name, float, "a fraction such as 0.1", lambda v: 0 <= v < 100,
+                  "must be a non-negative fraction")
 
 
 def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
