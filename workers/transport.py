@@ -46,7 +46,8 @@ class ReliableChannel(kredis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._process = f"{socket.gethostname()}:{os.getpid()}:"
+        self._owner = f"{self._process}{uuid.uuid4().hex[:8]}"
         self._moving: str | None = None
         self._last_beat = 0.0
         self._side: Any = None
@@ -74,7 +75,9 @@ class ReliableChannel(kredis.Channel):
             client.set(OWNER_PREFIX + self._owner, "1", ex=OWNER_TTL_S)
             client.sadd(INFLIGHT_REGISTRY, self._inflight_key(source))
         if first:
-            self.recover_orphaned_inflight()
+            # A new channel in this process means the previous one died with its
+            # connection (a Redis restart): what it had in flight is ours to return now.
+            self.recover_orphaned_inflight(predecessors=self._process)
 
     def _brpop_start(self, timeout: Any = None) -> Any:
         source = self._reliable_source()
@@ -128,14 +131,17 @@ class ReliableChannel(kredis.Channel):
             self._side = self._create_client()
         return self._side
 
-    def recover_orphaned_inflight(self) -> int:
-        """Move in-flight lists of consumers that stopped heart-beating back to their queue."""
+    def recover_orphaned_inflight(self, predecessors: str | None = None) -> int:
+        """Move in-flight lists of consumers that stopped heart-beating (or, with
+        `predecessors`, of this process's earlier channels) back to their queue."""
         moved = 0
         with self.conn_or_acquire() as client:
             for raw in client.smembers(INFLIGHT_REGISTRY):
                 key = bytes_to_str(raw)
                 source, _, owner = key.rpartition(INFLIGHT_SEP)
-                if not source or client.exists(OWNER_PREFIX + owner):
+                earlier = (predecessors is not None and owner.startswith(predecessors)
+                           and owner != self._owner)
+                if not source or (not earlier and client.exists(OWNER_PREFIX + owner)):
                     continue
                 while client.lmove(key, source, "RIGHT", "RIGHT") is not None:
                     moved += 1

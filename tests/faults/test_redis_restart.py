@@ -79,7 +79,9 @@ def _burst(app: Any, prefix: str) -> set[str]:
 
 
 def _settled(url: str, sent: set[str], timeout: float) -> dict[str, int]:
-    """Rows once every enqueued id is logged, or once the row count stopped moving (5 s)."""
+    """Rows once every enqueued id is logged, or once the row count stopped moving for
+    12 s: longer than the 5 s visibility timeout plus the 1 s restore sweep, after which
+    an abandoned (unacked) task is redelivered."""
     counts: dict[str, int] = {}
     last = (-1, time.monotonic())
 
@@ -88,7 +90,7 @@ def _settled(url: str, sent: set[str], timeout: float) -> dict[str, int]:
         counts = id_counts(url)
         if len(counts) != last[0]:
             last = (len(counts), time.monotonic())
-        return sent <= set(counts) or time.monotonic() - last[1] > 5.0
+        return sent <= set(counts) or time.monotonic() - last[1] > 12.0
 
     wait_until(done, timeout, interval=0.5)
     return counts
