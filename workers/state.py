@@ -35,6 +35,9 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 
 
 class ServingState:
+    """What one serving process holds: a slot and a batcher per model name, one writer
+    (database or spool), one refresher thread that keeps every slot converged."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pid = os.getpid()
