@@ -71,6 +71,8 @@ class ModelEvaluationDB:
             signing_key = os.environ["PREDQ_SIGNING_KEY"].encode()
         self.signing_key = signing_key
         self.engine = get_engine(self.database_url, connect_timeout_s)
+        # Same pool, autocommit on checkout: built once, not on every micro-batch write.
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def __repr__(self) -> str:
         return f"ModelEvaluationDB({redact_url(self.database_url)!r})"
@@ -262,7 +264,7 @@ class ModelEvaluationDB:
             # Below the COPY threshold the write is ONE multi-row INSERT, atomic on its own:
             # autocommit spares the BEGIN and COMMIT round trips of a micro-batch.
             with translate_errors("logging predictions", rows=len(rows)), \
-                    self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+                    self._autocommit.connect() as conn:
                 return predictions.write_predictions(conn, rows)
         with self._tx("logging predictions", rows=len(rows)) as conn:
             return predictions.write_predictions(conn, rows)

@@ -63,15 +63,13 @@ class Batcher:
         self._before_batch = before_batch
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[_Predicted | None] = queue.SimpleQueue()
+        self._last_size = 0
         self._thread = threading.Thread(target=self._run, name=f"predq-batcher-{name}",
                                         daemon=True)
         self._committer = threading.Thread(target=self._commit_loop,
                                            name=f"predq-commit-{name}", daemon=True)
         self._committer.start()
         self._thread.start()
-        self.batches = 0
-        self.rows = 0
-        self._last_size = 0
 
     def submit(self, features: object, request_id: str) -> Future[dict[str, Any]]:
         future: Future[dict[str, Any]] = Future()
@@ -167,8 +165,6 @@ class Batcher:
         model, outcome = predicted.model, predicted.outcome
         metrics.observe_results(self.name, model.version, outcome.results,
                                 time.perf_counter() - predicted.started)
-        self.batches += 1
-        self.rows += len(predicted.items)
         for item, result in zip(predicted.items, outcome.results, strict=True):
             if "error" not in result:
                 result["model_version"] = model.version

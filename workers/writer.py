@@ -44,8 +44,6 @@ class PredictionWriter:
         self._stop = threading.Event()
         self._replayer = threading.Thread(target=self._replay_loop, name="predq-spool-replay",
                                           daemon=True)
-        self.rows_written = 0
-        self.rows_spooled = 0
 
     def start(self) -> None:
         self._replayer.start()
@@ -57,7 +55,6 @@ class PredictionWriter:
         if not self._down:
             try:
                 self._write_with_deadline(rows)
-                self.rows_written += len(rows)
                 metrics.observe_write(rows, spooled=False)
                 return WRITTEN
             except DatabaseUnavailable as exc:
@@ -67,7 +64,6 @@ class PredictionWriter:
                 self._down = True
                 log.warning("prediction log unavailable, spooling until it is back: %s", exc)
         self.spool.append(rows)
-        self.rows_spooled += len(rows)
         metrics.observe_write(rows, spooled=True)
         metrics.set_spool_depth(self.spool.pending_rows())
         return SPOOLED

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import create_engine, text
 
 from modelstore import ModelEvaluationDB
 from tests.support import models
+from tests.support.db import fetch
 from tests.support.workerproc import WorkerProcess, client_app, running_workers, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -47,14 +47,8 @@ def stream(app: Celery, feats: list[dict[str, Any]], results: list[dict[str, Any
 
 
 def logged(url: str) -> list[tuple[str, str, float]]:
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
-    try:
-        with engine.connect() as conn:
-            return [(str(r[0]), str(r[1]), float(r[2])) for r in conn.execute(text(
-                "SELECT request_id, model_version, predicted_value FROM model_predictions"))]
-    finally:
-        engine.dispose()
-
+    return [(str(r[0]), str(r[1]), float(r[2])) for r in fetch(
+        url, "SELECT request_id, model_version, predicted_value FROM model_predictions")]
 
 def promote_and_wait(app: Celery, url: str, version: str, nodes: int) -> float:
     """Promote, broadcast, and return seconds until every process serves `version`."""

@@ -7,24 +7,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
 
 from producer.sample import FEATURES
 from tests.support import models
+from tests.support.db import fetch
 from tests.support.workerproc import client_app, running_workers, worker_env
 
 pytestmark = pytest.mark.e2e
 
 
 def logged(url: str) -> pd.DataFrame:
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
-    try:
-        with engine.connect() as conn:
-            return pd.read_sql(text("SELECT request_id, model_version, model_sha256, "
-                                    "predicted_value FROM model_predictions"), conn)
-    finally:
-        engine.dispose()
-
+    return pd.DataFrame(fetch(url, "SELECT request_id, model_version, model_sha256, "
+                              "predicted_value FROM model_predictions"),
+                        columns=["request_id", "model_version", "model_sha256",
+                                 "predicted_value"])
 
 def test_single_row_stream_matches_in_process_predict(pg_url: str, redis_url: str,
                                                       tmp_path: Path) -> None:

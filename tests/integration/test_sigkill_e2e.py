@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.support import models
+from tests.support.db import fetch
 from tests.support.workerproc import WorkerProcess, client_app, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -17,24 +17,13 @@ TASKS = 2_000
 
 
 def counts(url: str) -> tuple[int, int]:
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(text("SELECT count(*), count(DISTINCT request_id) "
-                                    "FROM model_predictions")).one()
-            return int(row[0]), int(row[1])
-    finally:
-        engine.dispose()
+    total, distinct = fetch(url, "SELECT count(*), count(DISTINCT request_id) "
+                                 "FROM model_predictions")[0]
+    return int(total), int(distinct)
 
 
 def logged_ids(url: str) -> set[str]:
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
-    try:
-        with engine.connect() as conn:
-            return set(conn.execute(text("SELECT request_id FROM model_predictions")).scalars())
-    finally:
-        engine.dispose()
-
+    return {str(r[0]) for r in fetch(url, "SELECT request_id FROM model_predictions")}
 
 def wait_for_rows(url: str, at_least: int, timeout: float) -> tuple[int, int]:
     deadline = time.monotonic() + timeout

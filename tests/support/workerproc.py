@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -15,6 +14,7 @@ from pathlib import Path
 from celery import Celery
 
 from modelstore.settings import Settings
+from producer.worker_procs import worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,10 +48,8 @@ class WorkerProcess:
         self.env = dict(env)
         self.name = name
         self.log_path = log_path
-        self.args = [sys.executable, "-m", "celery", "-A", "workers", "worker",
-                     "--pool", pool, "--concurrency", str(concurrency), "-Q", "predq",
-                     "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
-                     "--without-mingle", *extra_args]
+        self.args = worker_command(concurrency, ["-n", f"{name}@%h", "--without-gossip",
+                                                 "--without-mingle", *extra_args], pool=pool)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
