@@ -21,7 +21,16 @@ from sqlalchemy import Connection, and_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from modelstore import artifacts, blobs, defaults, monitoring, predictions, promotion, schema
+from modelstore import (
+    artifacts,
+    blobs,
+    defaults,
+    monitoring,
+    pglog,
+    predictions,
+    promotion,
+    schema,
+)
 from modelstore.engine import get_engine, redact_url, translate_errors
 from modelstore.errors import DuplicateModelVersion, InvalidInput
 from modelstore.predictions import BackfillResult, PredictionRow
@@ -71,8 +80,6 @@ class ModelEvaluationDB:
             signing_key = os.environ["PREDQ_SIGNING_KEY"].encode()
         self.signing_key = signing_key
         self.engine = get_engine(self.database_url, connect_timeout_s)
-        # Same pool, autocommit on checkout: built once, not on every micro-batch write.
-        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def __repr__(self) -> str:
         return f"ModelEvaluationDB({redact_url(self.database_url)!r})"
@@ -256,18 +263,27 @@ class ModelEvaluationDB:
         return rid
 
     def store_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        """The bulk path: one statement (COPY or multi-row VALUES), request_id dedup.
+        """The bulk path: one atomic statement or transaction (multi-row VALUES, or COPY
+        from COPY_THRESHOLD_ROWS rows), request_id dedup.
 
         Returns how many rows were new; rows whose request_id is already logged are skipped.
+        On Postgres it runs on the process's log connections (modelstore.pglog).
         """
-        if self.engine.dialect.name == "postgresql" and len(rows) < defaults.COPY_THRESHOLD_ROWS:
-            # Below the COPY threshold the write is ONE multi-row INSERT, atomic on its own:
-            # autocommit spares the BEGIN and COMMIT round trips of a micro-batch.
-            with translate_errors("logging predictions", rows=len(rows)), \
-                    self._autocommit.connect() as conn:
-                return predictions.write_predictions(conn, rows)
+        if not rows:
+            return 0
+        if self.engine.dialect.name == "postgresql":
+            tuples = predictions.row_tuples(rows)
+            with translate_errors("logging predictions", rows=len(rows)):
+                return pglog.log_connections(self.engine).write(tuples)
         with self._tx("logging predictions", rows=len(rows)) as conn:
             return predictions.write_predictions(conn, rows)
+
+    def abort_stalled_writes(self, limit_s: float) -> int:
+        """Cut off prediction-log writes blocked longer than `limit_s` (a silent link):
+        they fail with DatabaseUnavailable at once. Returns how many were cut off."""
+        if self.engine.dialect.name != "postgresql":
+            return 0
+        return pglog.log_connections(self.engine).abort_stalled(limit_s)
 
     def backfill_actuals(self, actuals: Mapping[str, Any] | Iterable[Any]) -> BackfillResult:
         """Set actual values by request_id; reports the ids it did not know and bad items."""

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
-from modelstore import defaults, schema
+from modelstore import defaults, pglog, schema
 from modelstore.errors import DatabaseUnavailable, SchemaError, StoreError
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def _forget_after_fork() -> None:
         engine.dispose(close=False)
     _engines.clear()
     _ready.clear()
+    pglog.forget_after_fork()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -123,6 +124,7 @@ def get_engine(url: str, connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S, *,
 
 def dispose_engines() -> None:
     """Close every engine of this process (worker shutdown, tests)."""
+    pglog.close_all()
     with _lock:
         for (pid, _url), engine in list(_engines.items()):
             if pid == os.getpid():

@@ -5,8 +5,6 @@ Functions here take an open SQLAlchemy Connection inside the caller's transactio
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import numbers
@@ -20,8 +18,8 @@ import orjson
 from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import sqlite
 
-from modelstore import schema
-from modelstore.defaults import COPY_THRESHOLD_ROWS, DEFAULT_MODEL_NAME, MAX_REQUEST_ID_CHARS
+from modelstore import pglog, schema
+from modelstore.defaults import DEFAULT_MODEL_NAME, MAX_REQUEST_ID_CHARS
 from modelstore.errors import InvalidInput
 
 
@@ -49,29 +47,9 @@ class BackfillResult:
     invalid: dict[str, str] = field(default_factory=dict)
 
 
-_COLUMNS = ("request_id", "model_name", "model_version", "model_sha256", "input_features",
-            "predicted_value", "confidence_score", "actual_value", "prediction_time")
-_STAGE_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS predq_prediction_stage (
-    request_id VARCHAR(128), model_name VARCHAR(100), model_version VARCHAR(50),
-    model_sha256 VARCHAR(64), input_features JSONB, predicted_value FLOAT8,
-    confidence_score FLOAT8, actual_value FLOAT8, prediction_time TIMESTAMP
-) ON COMMIT DELETE ROWS
-"""
-_STAGE_INSERT = f"""
-INSERT INTO model_predictions ({", ".join(_COLUMNS)})
-SELECT request_id, model_name, model_version, model_sha256, input_features, predicted_value,
-       confidence_score, actual_value, COALESCE(prediction_time, CURRENT_TIMESTAMP)
-FROM predq_prediction_stage
-ON CONFLICT (request_id) DO NOTHING
-"""
-_VALUES_INSERT = f"""
-INSERT INTO model_predictions ({", ".join(_COLUMNS)}) VALUES %s
-ON CONFLICT (request_id) DO NOTHING
-"""
+_COLUMNS = pglog.COLUMNS
 # A \u0000 escape preceded by an even number of backslashes (an odd one escapes the "\").
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-_VALUES_TEMPLATE = "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s, COALESCE(%s, CURRENT_TIMESTAMP))"
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -159,76 +137,26 @@ def check_row(row: Mapping[str, Any], index: int) -> None:
         raise InvalidInput(f"rows[{index}].input_features: required")
 
 
-def write_predictions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Insert rows, skipping request_ids already logged; returns how many were new."""
-    if not rows:
-        return 0
+def row_tuples(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """Checked rows as tuples in pglog.COLUMNS order; InvalidInput names the bad field."""
     for i, row in enumerate(rows):
         check_row(row, i)
-    tuples = [_tuple(r, i) for i, r in enumerate(rows)]
-    if conn.dialect.name == "postgresql":
-        if len(tuples) >= COPY_THRESHOLD_ROWS:
-            return _direct_copy(conn, tuples) or _copy_insert(conn, tuples)
-        return _values_insert(conn, tuples)
-    return _sqlite_insert(conn, tuples)
+    return [_tuple(r, i) for i, r in enumerate(rows)]
 
 
-def _direct_copy(conn: Connection, tuples: list[tuple[Any, ...]]) -> int:
-    """COPY straight into the log: the common case, where no request_id is logged yet.
-
-    Runs in a savepoint; on a unique violation (a redelivered or replayed row) it rolls
-    back and returns 0, and the caller takes the staged ON CONFLICT path. Rows with an
-    explicit prediction_time (spool replays) always take the staged path.
-    """
-    if any(t[-1] is not None for t in tuples):
+def write_predictions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert rows in the caller's transaction, skipping request_ids already logged;
+    returns how many were new."""
+    if not rows:
         return 0
-    from psycopg2 import errors as pg_errors
-
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(t[:-1] for t in tuples)
-    buffer.seek(0)
-    with _raw_cursor(conn) as cur:
-        cur.execute("SAVEPOINT predq_direct_copy")
-        try:
-            cur.copy_expert(f"COPY model_predictions ({', '.join(_COLUMNS[:-1])}) "
-                            "FROM STDIN WITH (FORMAT csv)", buffer)
-        except pg_errors.UniqueViolation:
-            cur.execute("ROLLBACK TO SAVEPOINT predq_direct_copy")
-            return 0
-        cur.execute("RELEASE SAVEPOINT predq_direct_copy")
-    return len(tuples)
+    tuples = row_tuples(rows)
+    if conn.dialect.name == "postgresql":
+        return pglog.write_tuples(conn.connection.dbapi_connection, tuples, conn.connection.info)
+    return _sqlite_insert(conn, tuples)
 
 
 def _raw_cursor(conn: Connection) -> Any:
     return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-
-
-def _copy_insert(conn: Connection, tuples: list[tuple[Any, ...]]) -> int:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(tuples)
-    buffer.seek(0)
-    info = conn.connection.info
-    with _raw_cursor(conn) as cur:
-        if not info.get("predq_stage"):
-            cur.execute(_STAGE_DDL)
-            info["predq_stage"] = True
-        cur.copy_expert(
-            f"COPY predq_prediction_stage ({', '.join(_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
-            buffer)
-        cur.execute(_STAGE_INSERT)
-        inserted = int(cur.rowcount)
-        # Emptied here, not only at commit: two calls in one transaction must not mix.
-        cur.execute("DELETE FROM predq_prediction_stage")
-    return inserted
-
-
-def _values_insert(conn: Connection, tuples: list[tuple[Any, ...]]) -> int:
-    from psycopg2.extras import execute_values
-
-    with _raw_cursor(conn) as cur:
-        execute_values(cur, _VALUES_INSERT, tuples, template=_VALUES_TEMPLATE,
-                       page_size=len(tuples))
-        return int(cur.rowcount)
 
 
 def _sqlite_insert(conn: Connection, tuples: list[tuple[Any, ...]]) -> int:

@@ -40,6 +40,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return default if value is None else value
 
 
+def _linger_ms(env: Mapping[str, str]) -> float:
+    value = _parse(env, "PREDQ_BATCH_LINGER_MS", float, "a number of milliseconds (0 never "
+                   "waits)", lambda v: 0 <= v <= 1000, "must be 0..1000")
+    return defaults.BATCH_LINGER_MS if value is None else value
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     """A TCP port; 0 means "disabled"."""
     value = _parse(env, name, int, "a port number (0 disables)", lambda v: 0 <= v <= 65535,
@@ -71,6 +77,7 @@ class Settings:
     connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S
     generation_poll_s: float = defaults.GENERATION_POLL_S
     max_batch_size: int = defaults.MAX_BATCH_SIZE
+    batch_linger_ms: float = defaults.BATCH_LINGER_MS
     max_rows_per_task: int = defaults.MAX_ROWS_PER_TASK
     max_artifact_b64_bytes: int = defaults.MAX_ARTIFACT_B64_BYTES
     worker_threads: int = defaults.WORKER_THREADS
@@ -103,6 +110,7 @@ class Settings:
             connect_timeout_s=_int(env, "PREDQ_CONNECT_TIMEOUT", defaults.CONNECT_TIMEOUT_S),
             generation_poll_s=_float(env, "PREDQ_GENERATION_POLL", defaults.GENERATION_POLL_S),
             max_batch_size=_int(env, "PREDQ_MAX_BATCH_SIZE", defaults.MAX_BATCH_SIZE),
+            batch_linger_ms=_linger_ms(env),
             max_rows_per_task=_int(env, "PREDQ_MAX_ROWS_PER_TASK", defaults.MAX_ROWS_PER_TASK),
             max_artifact_b64_bytes=_int(
                 env, "PREDQ_MAX_ARTIFACT_B64_BYTES", defaults.MAX_ARTIFACT_B64_BYTES

@@ -1,23 +1,32 @@
-"""Micro-batching of single-row predict tasks inside one worker process.
+"""Micro-batching of single-row predict tasks inside one worker process (leader/follower).
 
-Task threads (Celery's threads pool) hand their row to the model's batcher and wait. The
-batcher thread takes whatever is queued right now, up to `max_batch_size`, and predicts it
-in ONE model call; a commit thread logs it with ONE bulk write (batches that finish while
-a commit is in flight share the next one), and only then are the waiting tasks released,
-so each task is acknowledged after its row is durable. A lone request is never held
-back: there is no wait for company at low load (Triton's zero-delay default); rows that
-arrive while a batch runs form the next one.
+Each task thread (Celery's threads pool) queues its row and waits. Two stages, each run by
+one of the waiting task threads at a time:
+
+- predict: the first thread to find no predict leader takes what is queued right now, up
+  to `max_batch_size`, predicts it in ONE model call, and hands the stage to the oldest row
+  that arrived meanwhile;
+- write: the thread of a predicted batch that finds no write leader logs every predicted
+  batch waiting at that moment in ONE bulk write (group commit), answers their rows, and
+  hands the stage to the owner of a batch that was predicted during the write.
+
+A task returns only after its row is durable, so it is acknowledged after that (invariant
+3). The next batch is predicted while this one is written.
+
+Why no batcher thread: at one row per batch (the common case under a Celery consumer that
+delivers one message at a time) the hand-offs to a batcher thread, a commit thread and
+back cost more CPU than the prediction. Here a lone request runs start to finish on its own
+thread, and is never held back: no wait for company at low load (Triton's zero-delay
+default); a short linger applies only while requests overlap.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelstore.errors import InvalidInput
@@ -28,21 +37,45 @@ from workers.writer import PredictionWriter
 
 log = logging.getLogger(__name__)
 
-LINGER_S = 0.002
-"""How long a batch waits for company, only while the previous batch had some."""
+OVERLAP_DECAY = 0.9
+LINGER_OVERLAP = 0.25
+"""A predict leader lingers for company only while at least this share of recent arrivals
+found another row in flight (an exponential average): sequential callers never wait."""
+
+_WAIT, _PREDICT, _WRITE, _ANSWERED = range(4)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     features: object
     request_id: str
-    future: Future[dict[str, Any]]
+    # Released whenever `role` changes for the waiting thread; a bare lock is the cheapest
+    # wake-up CPython has (an Event is a Condition plus a lock).
+    wake: threading.Lock = field(default_factory=threading.Lock)
+    role: int = _WAIT
+    result: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.wake.acquire()
+
+    def wake_as(self, role: int) -> None:
+        self.role = role
+        if self.wake.locked():
+            self.wake.release()
+
+    def answer(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
-@dataclass
+@dataclass(eq=False)
 class _Predicted:
     """A batch predicted by one model object, waiting for its rows to be durable."""
 
+    owner: _Item
     items: list[_Item]
     outcome: Outcome
     model: ServingModel
@@ -53,96 +86,131 @@ class Batcher:
     """One per (process, model name)."""
 
     def __init__(self, name: str, model: Callable[[], ServingModel], writer: PredictionWriter,
-                 limits: Limits, max_batch_size: int,
+                 limits: Limits, max_batch_size: int, linger_s: float,
                  before_batch: Callable[[], None] | None = None) -> None:
         self.name = name
         self._model = model
         self._writer = writer
         self._limits = limits
         self._max = max_batch_size
+        self._linger_s = linger_s
         self._before_batch = before_batch
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[_Predicted | None] = queue.SimpleQueue()
-        self._last_size = 0
-        self._thread = threading.Thread(target=self._run, name=f"predq-batcher-{name}",
-                                        daemon=True)
-        self._committer = threading.Thread(target=self._commit_loop,
-                                           name=f"predq-commit-{name}", daemon=True)
-        self._committer.start()
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._pending: list[_Item] = []
+        self._predicting = False  # invariant: rows pending => a predict leader exists
+        self._predicted: list[_Predicted] = []
+        self._writing = False  # invariant: batches predicted => a write leader exists
+        self._in_flight = 0  # rows submitted and not yet answered
+        self._overlap = 0.0  # recent share of arrivals that found another row in flight
 
-    def submit(self, features: object, request_id: str) -> Future[dict[str, Any]]:
-        future: Future[dict[str, Any]] = Future()
-        self._queue.put(_Item(features, request_id, future))
-        return future
+    def predict(self, features: object, request_id: str, timeout: float) -> dict[str, Any]:
+        """Predict and log one row; returns its result once the row is durable."""
+        item = _Item(features, request_id)
+        with self._lock:
+            self._overlap = OVERLAP_DECAY * self._overlap + (
+                (1 - OVERLAP_DECAY) if self._in_flight else 0.0)
+            self._in_flight += 1
+            self._pending.append(item)
+            role = _WAIT if self._predicting else _PREDICT
+            self._predicting = True
+        if role == _WAIT:
+            role = self._first_wait(item, timeout)
+        while role != _ANSWERED:
+            if role == _PREDICT:
+                role = self._lead_predict(item)
+            elif role == _WRITE:
+                role = self._lead_write(item)
+            else:
+                item.wake.acquire()  # in the pipeline: a write (with its deadline) answers
+                role = item.role
+        return item.answer()
 
-    def close(self) -> None:
-        """Finish what is queued, then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+    def _first_wait(self, item: _Item, timeout: float) -> int:
+        """Wait to be predicted; only a row still queued may give up."""
+        if not item.wake.acquire(timeout=timeout):
+            with self._lock:
+                if item.role == _WAIT and item in self._pending:
+                    self._pending.remove(item)
+                    self._in_flight -= 1
+                    raise TimeoutError(f"request {item.request_id!r}: not predicted within "
+                                       f"{timeout:.0f} s")
+        return item.role
 
-    def _take(self) -> tuple[list[_Item], bool]:
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        items = [first]
-        # Under load (the last batch had company) linger briefly for more rows: every
-        # batch pays a fixed model-call and transaction cost. A lone request never waits.
-        deadline = time.monotonic() + (LINGER_S if self._last_size > 1 else 0.0)
-        while len(items) < self._max:
-            try:
-                timeout = deadline - time.monotonic()
-                nxt = (self._queue.get(timeout=timeout) if timeout > 0
-                       else self._queue.get_nowait())
-            except queue.Empty:
-                break
-            if nxt is None:
-                return items, True
-            items.append(nxt)
-        self._last_size = len(items)
-        return items, False
+    # -- predict stage --------------------------------------------------------------------
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            items, stopping = self._take()
-            if items:
-                self._predict(items)
-        self._done.put(None)
-        self._committer.join(timeout=30)
-
-    def _predict(self, items: list[_Item]) -> None:
+    def _lead_predict(self, me: _Item) -> int:
+        me.role = _WAIT  # consumed; a stale wake-up must not make this thread lead again
+        items = self._take()
         started = time.perf_counter()
         try:
-            if self._before_batch is not None:
-                self._before_batch()
-            model = self._model()
-            outcome = execute(model, [i.features for i in items], [i.request_id for i in items],
-                              self._limits, single_rows=True)
+            model, outcome = self._run_model(items)
         except Exception as exc:  # noqa: BLE001 - loop boundary; _fail logs the traceback
+            self._hand_over_predict()
             self._fail(items, exc, started)
-            return
-        self._done.put(_Predicted(items, outcome, model, started))
+            return me.role
+        self._hand_over_predict()
+        with self._lock:
+            self._predicted.append(_Predicted(me, items, outcome, model, started))
+            if self._writing:
+                return _WAIT
+            self._writing = True
+        return _WRITE
 
-    def _commit_loop(self) -> None:
-        """Log predicted batches; batches that finish during a commit share the next one
-        (group commit), so a slow fsync never stalls prediction."""
-        stopping = False
-        while not stopping:
-            first = self._done.get()
-            if first is None:
+    def _take(self) -> list[_Item]:
+        # Under load (requests overlap) linger briefly for company: every batch pays a
+        # fixed model-call and write cost. A lone request never waits.
+        if self._linger_s > 0 and self._overlap >= LINGER_OVERLAP:
+            time.sleep(self._linger_s)
+        with self._lock:
+            items = self._pending[:self._max]
+            del self._pending[:self._max]
+        return items
+
+    def _hand_over_predict(self) -> None:
+        with self._lock:
+            if not self._pending:
+                self._predicting = False
                 return
-            group = [first]
-            while sum(len(p.items) for p in group) < self._max:
-                try:
-                    nxt = self._done.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                group.append(nxt)
-            self._commit(group)
+            nxt = self._pending[0]
+            nxt.role = _PREDICT
+        nxt.wake_as(_PREDICT)
+
+    def _run_model(self, items: list[_Item]) -> tuple[ServingModel, Outcome]:
+        if self._before_batch is not None:
+            self._before_batch()
+        model = self._model()
+        return model, execute(model, [i.features for i in items],
+                              [i.request_id for i in items], self._limits, single_rows=True)
+
+    # -- write stage ----------------------------------------------------------------------
+
+    def _lead_write(self, me: _Item) -> int:
+        me.role = _WAIT  # consumed, as in _lead_predict
+        with self._lock:
+            group = self._group()
+        self._commit(group)
+        with self._lock:
+            if not self._predicted:
+                self._writing = False
+                return me.role
+            nxt = self._predicted[0].owner
+            nxt.role = _WRITE
+        if nxt is me:
+            return _WRITE
+        nxt.wake_as(_WRITE)
+        return me.role  # answered: this thread's batch was in the group it wrote
+
+    def _group(self) -> list[_Predicted]:
+        """The oldest predicted batches, up to max_batch_size rows (at least one batch);
+        the caller's own batch is always the oldest."""
+        rows = len(self._predicted[0].items)
+        end = 1
+        while end < len(self._predicted) and rows + len(self._predicted[end].items) <= self._max:
+            rows += len(self._predicted[end].items)
+            end += 1
+        group = self._predicted[:end]
+        del self._predicted[:end]
+        return group
 
     def _commit(self, group: list[_Predicted]) -> None:
         try:
@@ -165,16 +233,24 @@ class Batcher:
         model, outcome = predicted.model, predicted.outcome
         metrics.observe_results(self.name, model.version, outcome.results,
                                 time.perf_counter() - predicted.started)
+        self._answered(len(predicted.items))
         for item, result in zip(predicted.items, outcome.results, strict=True):
             if "error" not in result:
                 result["model_version"] = model.version
                 result["model_sha256"] = model.sha256
-            item.future.set_result(result)
+            item.result = result
+            item.wake_as(_ANSWERED)
 
     def _fail(self, items: list[_Item], exc: Exception, started: float) -> None:
         log.error("batch of %d rows for model %r failed: %s", len(items), self.name, exc,
                   exc_info=exc)
         metrics.observe_batch(self.name, None, len(items), len(items),
                               time.perf_counter() - started)
+        self._answered(len(items))
         for item in items:
-            item.future.set_exception(exc)
+            item.error = exc
+            item.wake_as(_ANSWERED)
+
+    def _answered(self, rows: int) -> None:
+        with self._lock:
+            self._in_flight -= rows

@@ -27,7 +27,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -95,6 +94,7 @@ class PredqMetrics:
                                        registry=r)
         self._process_metrics(r)
         self._batch: dict[tuple[str, str], _BatchChildren] = {}
+        self._logged: dict[tuple[str, str, str], Any] = {}
         self._lag_generations: dict[str, list[str]] = {}
         self._versions: dict[str, str] = {}
 
@@ -126,6 +126,14 @@ class PredqMetrics:
                                       self.batch_seconds.labels(model))
             self._batch[key] = children
         return children
+
+    def logged_child(self, model: str, version: str, destination: str) -> Any:
+        # Cached: labels() costs more than the inc() on the hot path.
+        key = (model, version, destination)
+        child = self._logged.get(key)
+        if child is None:
+            child = self._logged[key] = self.logged.labels(model, version, destination)
+        return child
 
     def keep_lag(self, model: str, generation: str) -> None:
         """Remember a lag series; drop the oldest beyond KEEP_LAG_GENERATIONS."""
@@ -192,11 +200,13 @@ def observe_results(model: str, version: str | None, results: Iterable[Mapping[s
 def observe_write(rows: Iterable[Mapping[str, Any]], spooled: bool) -> None:
     """Rows made durable, by model and version: committed (`spooled=False`) or spooled."""
     destination = "spool" if spooled else "database"
-    logged = get_metrics().logged
-    tally = Tally((r.get("model_name") or UNKNOWN, r.get("model_version") or UNKNOWN)
-                  for r in rows)
-    for (model, version), n in tally.items():
-        logged.labels(model, version, destination).inc(n)
+    counts: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (r.get("model_name") or UNKNOWN, r.get("model_version") or UNKNOWN)
+        counts[key] = counts.get(key, 0) + 1
+    m = get_metrics()
+    for (model, version), n in counts.items():
+        m.logged_child(model, version, destination).inc(n)
 
 
 def observe_replay(rows: int) -> None:

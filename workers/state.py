@@ -102,7 +102,8 @@ class ServingState:
             if name not in self._batchers:
                 self._batchers[name] = Batcher(
                     name, slot.ensure_loaded, self.writer, self.limits,
-                    self.settings.max_batch_size, before_batch=lambda: self._maybe_poll(slot))
+                    self.settings.max_batch_size, self.settings.batch_linger_ms / 1000,
+                    before_batch=lambda: self._maybe_poll(slot))
             return self._batchers[name]
 
     # -- predictions ----------------------------------------------------------------------
@@ -113,10 +114,9 @@ class ServingState:
             if version is not None:
                 return self._predict_pinned(features, request_id, model, version)
             batcher = self.batcher(model)  # type: ignore[arg-type]
-            batcher_future = batcher.submit(features, request_id)
         except InvalidInput as exc:
             return {"request_id": request_id, "error": str(exc)}
-        return batcher_future.result(timeout=timeout)
+        return batcher.predict(features, request_id, timeout)
 
     def _predict_pinned(self, features: object, request_id: str, model: object,
                         version: object) -> dict[str, Any]:
@@ -201,8 +201,6 @@ class ServingState:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
-        for batcher in list(self._batchers.values()):
-            batcher.close()
         self.writer.close()
         self._refresher.join(timeout=5)
         self.signal.close()

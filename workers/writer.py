@@ -3,12 +3,12 @@
 A batch counts as durable when either its rows are committed or they are fsynced in the
 spool; only then are the tasks that carried them acknowledged (invariant 3). Once a write
 finds the database unavailable, writes go straight to the spool and only the replayer
-thread probes the database, so an outage never stalls serving (invariant 4).
+thread probes the database, so an outage never stalls serving (invariant 4). A write
+that hangs on a silent link is cut off by the watchdog after WRITE_DEADLINE_S.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 from collections.abc import Sequence
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 REPLAY_INTERVAL_S = 1.0
 WRITE_DEADLINE_S = 10.0
+WATCHDOG_TICK_S = 0.5
 
 WRITTEN = "written"
 SPOOLED = "spooled"
@@ -37,16 +38,16 @@ class PredictionWriter:
         self._db: ModelEvaluationDB | None = None
         self.spool = spool
         self._down = False
-        # Two threads: one may be stuck on a dead socket while the next write goes through.
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="predq-db-write")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._replayer = threading.Thread(target=self._replay_loop, name="predq-spool-replay",
                                           daemon=True)
+        self._watchdog = threading.Thread(target=self._watchdog_loop,
+                                          name="predq-write-watchdog", daemon=True)
 
     def start(self) -> None:
         self._replayer.start()
+        self._watchdog.start()
 
     def write(self, rows: Sequence[PredictionRow]) -> str:
         """Make rows durable; returns WRITTEN or SPOOLED. Raises only if both paths fail."""
@@ -54,7 +55,7 @@ class PredictionWriter:
             return WRITTEN
         if not self._down:
             try:
-                self._write_with_deadline(rows)
+                self._database().store_predictions(rows)
                 metrics.observe_write(rows, spooled=False)
                 return WRITTEN
             except DatabaseUnavailable as exc:
@@ -68,20 +69,19 @@ class PredictionWriter:
         metrics.set_spool_depth(self.spool.pending_rows())
         return SPOOLED
 
-    def _write_with_deadline(self, rows: Sequence[PredictionRow]) -> None:
-        """store_predictions, given up after WRITE_DEADLINE_S.
-
-        A silent partition (or a proxy that stops forwarding) leaves a socket that TCP
-        never declares dead; without a deadline the batch, and every task waiting on it,
-        would hang until the link heals. A write abandoned here may still commit later:
-        its rows are also spooled, and the replay's request_id dedup keeps one copy.
-        """
-        future = self._executor.submit(lambda: self._database().store_predictions(rows))
-        try:
-            future.result(timeout=WRITE_DEADLINE_S)
-        except concurrent.futures.TimeoutError:
-            raise DatabaseUnavailable(f"prediction log: no answer within {WRITE_DEADLINE_S:.0f} s "
-                                      f"for {len(rows)} rows") from None
+    def _watchdog_loop(self) -> None:
+        """A silent partition (or a proxy that stops forwarding) leaves a socket that TCP
+        never declares dead: without this deadline a batch, and every task waiting on it,
+        would hang until the link heals. A cut-off write raises DatabaseUnavailable in
+        its own thread, which spools the rows."""
+        while not self._stop.wait(WATCHDOG_TICK_S):
+            db = self._db
+            if db is None:
+                continue
+            try:
+                db.abort_stalled_writes(WRITE_DEADLINE_S)
+            except Exception:
+                log.exception("write watchdog failed; will retry")
 
     def _database(self) -> ModelEvaluationDB:
         with self._lock:
@@ -124,11 +124,11 @@ class PredictionWriter:
 
     def close(self) -> None:
         self._stop.set()
-        if self._replayer.is_alive():
-            self._replayer.join(timeout=5)
+        for thread in (self._replayer, self._watchdog):
+            if thread.is_alive():
+                thread.join(timeout=5)
         try:
             self.replay_once()
         except Exception:
             log.exception("final spool replay failed; rows stay spooled for the next start")
-        self._executor.shutdown(wait=False, cancel_futures=True)
         self.spool.close()

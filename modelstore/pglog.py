@@ -1,0 +1,251 @@
+"""The prediction log's Postgres writes, on driver connections kept open for them.
+
+Why not the SQLAlchemy pool: a one-row write through it paid a checkout, the autocommit
+switch and the reset on return, about a third of the write's client CPU (py-spy on a
+worker; see bench/README.md). These connections are opened through the engine, so they
+carry its connect arguments (connect timeout, keepalives, statement_timeout), and are then
+kept outside its pool, one per concurrent writer.
+
+Why `abort_stalled`: a link that goes silent (no reset, no refusal) leaves a write blocked
+on a socket that TCP never declares dead. Shutting that socket down makes the blocked call
+fail at once, so the caller can keep the rows elsewhere (the worker's spool).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from modelstore.defaults import COPY_THRESHOLD_ROWS
+
+log = logging.getLogger(__name__)
+
+KEEP_IDLE = 4
+"""Idle log connections kept per process; more are opened while more writes overlap."""
+
+COLUMNS = ("request_id", "model_name", "model_version", "model_sha256", "input_features",
+           "predicted_value", "confidence_score", "actual_value", "prediction_time")
+_STAGE_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS predq_prediction_stage (
+    request_id VARCHAR(128), model_name VARCHAR(100), model_version VARCHAR(50),
+    model_sha256 VARCHAR(64), input_features JSONB, predicted_value FLOAT8,
+    confidence_score FLOAT8, actual_value FLOAT8, prediction_time TIMESTAMP
+) ON COMMIT DELETE ROWS
+"""
+_STAGE_INSERT = f"""
+INSERT INTO model_predictions ({", ".join(COLUMNS)})
+SELECT request_id, model_name, model_version, model_sha256, input_features, predicted_value,
+       confidence_score, actual_value, COALESCE(prediction_time, CURRENT_TIMESTAMP)
+FROM predq_prediction_stage
+ON CONFLICT (request_id) DO NOTHING
+"""
+_VALUES_INSERT = f"""
+INSERT INTO model_predictions ({", ".join(COLUMNS)}) VALUES %s
+ON CONFLICT (request_id) DO NOTHING
+"""
+_VALUES_TEMPLATE = "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s, COALESCE(%s, CURRENT_TIMESTAMP))"
+
+
+def write_tuples(dbapi_conn: Any, tuples: list[tuple[Any, ...]], info: dict[str, Any]) -> int:
+    """Insert checked row tuples (COLUMNS order) in the connection's current transaction,
+    skipping logged request_ids; returns how many were new. `info` is per connection."""
+    if len(tuples) >= COPY_THRESHOLD_ROWS:
+        return _direct_copy(dbapi_conn, tuples) or _copy_insert(dbapi_conn, tuples, info)
+    return _values_insert(dbapi_conn, tuples)
+
+
+def _csv(rows: Any) -> io.StringIO:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    buffer.seek(0)
+    return buffer
+
+
+def _direct_copy(dbapi_conn: Any, tuples: list[tuple[Any, ...]]) -> int:
+    """COPY straight into the log: the common case, where no request_id is logged yet.
+
+    Runs in a savepoint; on a unique violation (a redelivered or replayed row) it rolls
+    back and returns 0, and the caller takes the staged ON CONFLICT path. Rows with an
+    explicit prediction_time (spool replays) always take the staged path.
+    """
+    if any(t[-1] is not None for t in tuples):
+        return 0
+    from psycopg2 import errors as pg_errors
+
+    buffer = _csv(t[:-1] for t in tuples)
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SAVEPOINT predq_direct_copy")
+        try:
+            cur.copy_expert(f"COPY model_predictions ({', '.join(COLUMNS[:-1])}) "
+                            "FROM STDIN WITH (FORMAT csv)", buffer)
+        except pg_errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT predq_direct_copy")
+            return 0
+        cur.execute("RELEASE SAVEPOINT predq_direct_copy")
+    return len(tuples)
+
+
+def _copy_insert(dbapi_conn: Any, tuples: list[tuple[Any, ...]], info: dict[str, Any]) -> int:
+    buffer = _csv(tuples)
+    with dbapi_conn.cursor() as cur:
+        if not info.get("predq_stage"):
+            cur.execute(_STAGE_DDL)
+            info["predq_stage"] = True
+        cur.copy_expert(
+            f"COPY predq_prediction_stage ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
+            buffer)
+        cur.execute(_STAGE_INSERT)
+        inserted = int(cur.rowcount)
+        # Emptied here, not only at commit: two calls in one transaction must not mix.
+        cur.execute("DELETE FROM predq_prediction_stage")
+    return inserted
+
+
+def _values_insert(dbapi_conn: Any, tuples: list[tuple[Any, ...]]) -> int:
+    from psycopg2.extras import execute_values
+
+    with dbapi_conn.cursor() as cur:
+        execute_values(cur, _VALUES_INSERT, tuples, template=_VALUES_TEMPLATE,
+                       page_size=len(tuples))
+        return int(cur.rowcount)
+
+
+@dataclass(eq=False)
+class _LogConnection:
+    dbapi: Any
+    info: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+    aborted: bool = False
+
+
+class LogConnections:
+    """Driver connections reserved for prediction-log writes; thread-safe, one per
+    (process, database). A connection that failed is closed, never reused."""
+
+    def __init__(self, engine: Engine, keep_idle: int = KEEP_IDLE) -> None:
+        self._engine = engine
+        self._keep = keep_idle
+        self._idle: list[_LogConnection] = []
+        self._busy: set[_LogConnection] = set()
+        self._lock = threading.Lock()
+
+    def write(self, tuples: list[tuple[Any, ...]]) -> int:
+        """One atomic write: a single autocommit INSERT below the COPY threshold, else a
+        transaction (COPY, or the staged ON CONFLICT path). Driver errors propagate."""
+        with self._connection() as conn:
+            small = len(tuples) < COPY_THRESHOLD_ROWS
+            conn.dbapi.autocommit = small  # psycopg2: a client-side switch, no round trip
+            inserted = write_tuples(conn.dbapi, tuples, conn.info)
+            if not small:
+                conn.dbapi.commit()
+            return inserted
+
+    @contextmanager
+    def _connection(self) -> Iterator[_LogConnection]:
+        conn = self._checkout()
+        ok = False
+        try:
+            yield conn
+            ok = True
+        finally:
+            self._checkin(conn, ok)
+
+    def _checkout(self) -> _LogConnection:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            fairy = self._engine.raw_connection()
+            fairy.detach()  # ours from now on: closed by us, never returned to the pool
+            conn = _LogConnection(fairy.dbapi_connection)
+        with self._lock:
+            conn.started = time.monotonic()
+            self._busy.add(conn)
+        return conn
+
+    def _checkin(self, conn: _LogConnection, ok: bool) -> None:
+        with self._lock:
+            self._busy.discard(conn)
+            keep = ok and not conn.aborted and len(self._idle) < self._keep
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            _close_quietly(conn.dbapi)
+
+    def abort_stalled(self, limit_s: float) -> int:
+        """Shut down the socket of every write running longer than `limit_s`, so it fails
+        now instead of waiting on a silent link; returns how many were cut off."""
+        now = time.monotonic()
+        cut = 0
+        with self._lock:  # under the lock: a finished write's connection is never touched
+            for conn in self._busy:
+                if conn.aborted or now - conn.started < limit_s:
+                    continue
+                conn.aborted = True
+                cut += 1
+                log.warning("prediction log write stalled for %.1f s; cutting its connection",
+                            now - conn.started)
+                _shutdown_socket(conn.dbapi)
+        return cut
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close_quietly(conn.dbapi)
+
+
+def _shutdown_socket(dbapi_conn: Any) -> None:
+    # On a duplicate of the fd: shutdown() acts on the socket both share, and closing the
+    # duplicate leaves libpq's own descriptor valid until psycopg2 closes the connection.
+    try:
+        with socket.socket(fileno=os.dup(dbapi_conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("could not cut off a stalled log connection: %s", exc)
+
+
+def _close_quietly(dbapi_conn: Any) -> None:
+    with suppress(Exception):
+        dbapi_conn.close()
+
+
+_lock = threading.Lock()
+_registry: dict[tuple[int, str], LogConnections] = {}
+_orphans: list[LogConnections] = []
+
+
+def log_connections(engine: Engine) -> LogConnections:
+    """This process's log connections for `engine`'s database, created on first use."""
+    key = (os.getpid(), str(engine.url))
+    with _lock:
+        found = _registry.get(key)
+        if found is None:
+            found = _registry[key] = LogConnections(engine)
+        return found
+
+
+def close_all() -> None:
+    """Close this process's log connections (worker shutdown, tests)."""
+    with _lock:
+        mine = [c for (pid, _), c in _registry.items() if pid == os.getpid()]
+        _registry.clear()
+    for conns in mine:
+        conns.close()
+
+
+def forget_after_fork() -> None:
+    """In a forked child: drop the parent's connections without closing them (closing
+    would end the parent's sessions); kept referenced so garbage collection never does."""
+    _orphans.extend(_registry.values())
+    _registry.clear()
