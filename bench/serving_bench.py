@@ -77,7 +77,7 @@ class Config:
     tasks: int = 3_000
     rounds: int = 5
     naive_tasks: int = 600
-    batch_tasks: int = 60
+    batch_tasks: int = 120
     batch_rows: int = 1_000
     batch_rounds: int = 3
     latency_calls: int = 300

@@ -20,9 +20,12 @@ SIGNAL_POLL_S = 0.1
 """How often a serving process may peek at the cheap Redis generation signal."""
 MAX_BATCH_SIZE = 512
 """Upper bound on rows one micro-batch predicts and logs together."""
-BATCH_LINGER_MS = 2.0
+BATCH_LINGER_MS = 5.0
 """How long a micro-batch waits for company, only while requests overlap; 0 never waits."""
 MAX_ROWS_PER_TASK = 10_000
+BATCH_TASKS_AT_ONCE = 2
+"""predict_batch tasks one serving process runs at once (one predicting while one writes);
+more would only take turns on the GIL, each holding its rows and a connection."""
 MAX_ARTIFACT_B64_BYTES = 16 * 1024 * 1024
 MAX_STRING_FEATURE_CHARS = 1024
 MAX_REQUEST_ID_CHARS = 128

@@ -110,6 +110,8 @@ def _tuple(row: Mapping[str, Any], index: int) -> tuple[Any, ...]:
 
 
 def _is_finite_number(value: object) -> TypeGuard[numbers.Real]:
+    if type(value) is float:  # the common case, without the slow ABC check
+        return math.isfinite(value)
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
 

@@ -24,7 +24,7 @@ from modelstore.defaults import DEFAULT_MODEL_NAME
 from modelstore.engine import redact_url
 from modelstore.errors import PredqError
 from modelstore.settings import Settings
-from workers import control, fastjson, metrics, quality_gate
+from workers import control, fastjson, fastrepr, metrics, quality_gate
 from workers.state import close_state, get_state
 from workers.tasks import register_tasks
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> Celery:
     fastjson.install()
+    fastrepr.install()
     app = Celery("predq")
     app.conf.update(settings.celery_config())
     if settings.broker_url.startswith("filesystem://"):

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from modelstore import defaults
 from modelstore.db import ModelEvaluationDB
 from modelstore.engine import dispose_engines
 from modelstore.errors import InvalidInput, PredqError
@@ -47,6 +48,7 @@ class ServingState:
         self._slots: dict[str, ModelSlot] = {}
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
+        self._batch_turns = threading.BoundedSemaphore(defaults.BATCH_TASKS_AT_ONCE)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._promoted_at: dict[str, float] = {}
@@ -139,9 +141,10 @@ class ServingState:
             return {"error": str(exc), "results": []}
         if version is None:
             self._maybe_poll(self.slot(model))
-        started = time.perf_counter()
-        outcome = execute(serving, rows, request_ids, self.limits)
-        persist(outcome, self.writer.write)
+        with self._batch_turns:
+            started = time.perf_counter()
+            outcome = execute(serving, rows, request_ids, self.limits)
+            persist(outcome, self.writer.write)
         metrics.observe_results(serving.loaded.model_name, serving.version, outcome.results,
                                 time.perf_counter() - started)
         return {"model_version": serving.version, "model_sha256": serving.sha256,

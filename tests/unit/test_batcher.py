@@ -143,3 +143,14 @@ def test_bad_rows_get_their_own_error_and_the_good_ones_are_logged(
         else:
             assert "error" not in result
     assert sorted(writer.ids) == sorted(f"x{i}" for i in range(10) if i % 3)
+
+
+def test_linger_setting_is_parsed_and_bad_values_name_the_variable() -> None:
+    from modelstore.errors import ConfigError
+    from modelstore.settings import Settings
+
+    assert Settings.from_env({}).batch_linger_ms == 5.0
+    assert Settings.from_env({"PREDQ_BATCH_LINGER_MS": "0"}).batch_linger_ms == 0.0
+    for bad in ("-1", "soon", "5000"):
+        with pytest.raises(ConfigError, match="PREDQ_BATCH_LINGER_MS"):
+            Settings.from_env({"PREDQ_BATCH_LINGER_MS": bad})
