@@ -81,7 +81,7 @@ def _features_json(features: Any, index: int) -> str:
     """JSON text for the JSONB column; a str is taken as JSON already (the caller's contract)."""
     if isinstance(features, str):
         text = features
-    elif isinstance(features, Mapping):
+    elif type(features) is dict or isinstance(features, Mapping):  # dict: skip the ABC check
         try:
             text = _flat_json(features) or json.dumps(features, allow_nan=False)
         except (TypeError, ValueError) as exc:

@@ -181,11 +181,15 @@ def _onehot(columns: tuple[str, ...], categories: list[np.ndarray]) -> Transform
 
     def run(rows: Rows) -> np.ndarray:
         out = np.zeros((len(rows), width), dtype=np.float64)
+        hit_rows: list[int] = []
+        hit_cols: list[int] = []
         for i, row in enumerate(rows):
             for column, index in pairs:
                 k = index.get(row[column])
                 if k is not None:  # handle_unknown="ignore": an unseen category is all zeros
-                    out[i, k] = 1.0
+                    hit_rows.append(i)
+                    hit_cols.append(k)
+        out[hit_rows, hit_cols] = 1.0  # one scatter: an element store costs ~0.1 us each
         return out
     return run
 

@@ -83,3 +83,18 @@ def test_a_write_the_database_refuses_leaves_later_writes_working(pg_url: str,
         db.store_predictions(rows)
     assert db.store_predictions(_rows("y", size)) == size
     assert fetch(pg_url, "SELECT count(*) FROM model_predictions")[0][0] == size
+
+
+@pytest.mark.parametrize("size", [3, 250], ids=["values", "copy"])
+def test_text_format_special_characters_round_trip(pg_url: str, size: int) -> None:
+    db = ModelEvaluationDB(pg_url)
+    odd = ["tab\there", "new\nline", "back\\slash", "\\N", "cr\rx", "plain"]
+    rows = _rows("s", size)
+    for i, row in enumerate(rows):
+        row["request_id"] = f"{odd[i % len(odd)]}-{i}"
+        row["model_version"] = odd[i % len(odd)]
+        row["input_features"] = {"note": odd[i % len(odd)], "q": 'say "hi"'}
+    assert db.store_predictions(rows) == size
+    got = {r[0]: (r[1], r[2]) for r in fetch(
+        pg_url, "SELECT request_id, model_version, input_features FROM model_predictions")}
+    assert got == {r["request_id"]: (r["model_version"], r["input_features"]) for r in rows}
