@@ -79,7 +79,7 @@ class Config:
     naive_tasks: int = 600
     batch_tasks: int = 120
     batch_rows: int = 1_000
-    batch_rounds: int = 3
+    batch_rounds: int = 5
     latency_calls: int = 300
     trials: int = 3
     background_rate: float = 40.0
