@@ -179,12 +179,14 @@ class LogConnections:
     @contextmanager
     def _connection(self) -> Iterator[_LogConnection]:
         conn = self._checkout()
-        ok = False
         try:
             yield conn
-            ok = True
-        finally:
-            self._checkin(conn, ok)
+        except BaseException as exc:
+            self._checkin(conn, False)
+            if _lost(exc):  # a restarted server: the idle ones are dead too
+                self.close()
+            raise
+        self._checkin(conn, True)
 
     def _checkout(self) -> _LogConnection:
         with self._lock:
@@ -228,6 +230,12 @@ class LogConnections:
             idle, self._idle = self._idle, []
         for conn in idle:
             _close_quietly(conn.dbapi)
+
+
+def _lost(exc: BaseException) -> bool:
+    import psycopg2
+
+    return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
 
 
 def _shutdown_socket(dbapi_conn: Any) -> None:

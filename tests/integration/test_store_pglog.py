@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
-from modelstore import ModelEvaluationDB
+from modelstore import ModelEvaluationDB, pglog
 from modelstore.errors import DatabaseUnavailable, StoreError
 from tests.support.db import fetch
 
@@ -98,3 +98,15 @@ def test_text_format_special_characters_round_trip(pg_url: str, size: int) -> No
     got = {r[0]: (r[1], r[2]) for r in fetch(
         pg_url, "SELECT request_id, model_version, input_features FROM model_predictions")}
     assert got == {r["request_id"]: (r["model_version"], r["input_features"]) for r in rows}
+
+
+def test_after_a_server_restart_one_write_fails_and_the_next_reconnects(pg_url: str) -> None:
+    db = ModelEvaluationDB(pg_url)
+    log = pglog.log_connections(db.engine)
+    with log._connection(), log._connection():  # two idle connections afterwards
+        pass
+    fetch(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                  "current_database() AND pid <> pg_backend_pid()")
+    with pytest.raises(DatabaseUnavailable, match="logging predictions"):
+        db.store_predictions(_rows("lost", 1))  # the worker spools these rows
+    assert db.store_predictions(_rows("back", 2)) == 2  # not the other dead idle one
