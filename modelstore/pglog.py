@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 KEEP_IDLE = 4
 """Idle log connections kept per process; more are opened while more writes overlap."""
+RECYCLE_S = 1800.0
+"""A log connection older than this is closed at its next checkout (as the engine's
+pool_recycle), before a server or proxy idle timeout can turn it into a failed write."""
 
 COLUMNS = ("request_id", "model_name", "model_version", "model_sha256", "input_features",
            "predicted_value", "confidence_score", "actual_value", "prediction_time")
@@ -150,6 +153,7 @@ def _values_insert(dbapi_conn: Any, tuples: list[tuple[Any, ...]]) -> int:
 class _LogConnection:
     dbapi: Any
     info: dict[str, Any] = field(default_factory=dict)
+    opened: float = field(default_factory=time.monotonic)
     started: float = 0.0
     aborted: bool = False
 
@@ -191,6 +195,9 @@ class LogConnections:
     def _checkout(self) -> _LogConnection:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
+        if conn is not None and time.monotonic() - conn.opened > RECYCLE_S:
+            _close_quietly(conn.dbapi)
+            conn = None
         if conn is None:
             fairy = self._engine.raw_connection()
             fairy.detach()  # ours from now on: closed by us, never returned to the pool

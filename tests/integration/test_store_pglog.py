@@ -110,3 +110,14 @@ def test_after_a_server_restart_one_write_fails_and_the_next_reconnects(pg_url: 
     with pytest.raises(DatabaseUnavailable, match="logging predictions"):
         db.store_predictions(_rows("lost", 1))  # the worker spools these rows
     assert db.store_predictions(_rows("back", 2)) == 2  # not the other dead idle one
+
+
+def test_an_old_connection_is_recycled_at_checkout(pg_url: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    db = ModelEvaluationDB(pg_url)
+    db.store_predictions(_rows("a", 1))
+    before = _backends(pg_url)
+    monkeypatch.setattr(pglog, "RECYCLE_S", 0.0)
+    db.store_predictions(_rows("b", 1))
+    after = _backends(pg_url)
+    assert after - before, "no new connection was opened for the old one"
