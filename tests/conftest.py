@@ -67,14 +67,19 @@ def drop_database(admin: object, url: str) -> None:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture
-def pg_url(pg_admin: object) -> Iterator[str]:
-    """A fresh, empty Postgres database for one test, dropped afterwards."""
-    url = create_database(pg_admin)
+def fresh_database(admin: object) -> Iterator[str]:
+    """A fresh, empty Postgres database, dropped when the generator closes."""
+    url = create_database(admin)
     try:
         yield url
     finally:
-        drop_database(pg_admin, url)
+        drop_database(admin, url)
+
+
+@pytest.fixture
+def pg_url(pg_admin: object) -> Iterator[str]:
+    """A fresh, empty Postgres database for one test, dropped afterwards."""
+    yield from fresh_database(pg_admin)
 
 
 @pytest.fixture

@@ -61,11 +61,6 @@ class ReliableQoS(kredis.QoS):
                 .hset(self.unacked_key, delivery_tag, record).execute()
         kvirtual.QoS.append(self, message, delivery_tag)
 
-    @contextmanager
-    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
-        # As ReliableChannel.conn_or_acquire: no new Redis client per ack and append.
-        yield pipe if pipe else (client or self.channel.side_client()).pipeline()
-
 
 class ReliableChannel(kredis.Channel):
     QoS = ReliableQoS

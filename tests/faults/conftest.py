@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import create_database, drop_database, unavailable
+from tests.conftest import fresh_database, unavailable
 from tests.faults import report
 from tests.faults.redisproc import RedisServer
 
@@ -165,8 +165,4 @@ def module_redis_url(private_redis: RedisServer) -> str:
 @pytest.fixture(scope="module")
 def module_pg_url(pg_admin: object) -> Iterator[str]:
     """A fresh Postgres database shared by the tests of one module, dropped afterwards."""
-    url = create_database(pg_admin)
-    try:
-        yield url
-    finally:
-        drop_database(pg_admin, url)
+    yield from fresh_database(pg_admin)

@@ -24,7 +24,7 @@ from tests.faults.dbcheck import query, serving_replies, wait_until
 from tests.faults.report import ReportFn
 from tests.faults.stack import fault_env, marker_pickle
 from tests.support import models
-from tests.support.workerproc import WorkerProcess, client_app
+from tests.support.workerproc import WorkerProcess, client_app, running_workers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -53,13 +53,10 @@ def stack(module_pg_url: str, module_redis_url: str,
         db.set_production_model("v1")
     env = fault_env(module_pg_url, module_redis_url, tmp, PREDQ_SIGNING_KEY=ac.KEY.decode())
     app = client_app(env)
-    worker = WorkerProcess(env, "artifacts", tmp / "artifacts.log")
     try:
-        worker.start()
-        worker.wait_ready(app)
-        yield Stack(module_pg_url, app, worker, tmp)
+        with running_workers(env, tmp, names=("artifacts",), app=app) as (worker,):
+            yield Stack(module_pg_url, app, worker, tmp)
     finally:
-        worker.stop()
         app.close()
 
 

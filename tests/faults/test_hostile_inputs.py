@@ -20,7 +20,7 @@ from tests.faults.hostile_cases import CASES, GOOD, ROW_CAP, Case
 from tests.faults.report import ReportFn
 from tests.faults.stack import fault_env, marker_pickle, publish_raw
 from tests.support import models
-from tests.support.workerproc import WorkerProcess, client_app
+from tests.support.workerproc import WorkerProcess, client_app, running_workers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -51,13 +51,10 @@ def stack(module_pg_url: str, module_redis_url: str,
     env = fault_env(module_pg_url, module_redis_url, tmp,
                     PREDQ_MAX_ROWS_PER_TASK=str(ROW_CAP))
     app = client_app(env)
-    worker = WorkerProcess(env, "hostile", tmp / "hostile.log")
     try:
-        worker.start()
-        worker.wait_ready(app)
-        yield Stack(module_pg_url, app, worker, tmp)
+        with running_workers(env, tmp, names=("hostile",), app=app) as (worker,):
+            yield Stack(module_pg_url, app, worker, tmp)
     finally:
-        worker.stop()
         app.close()
 
 
