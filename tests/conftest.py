@@ -96,21 +96,42 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(fixture))
 
 
+_REDIS_TEST_DBS = [db for db in range(2, 16) if db != 11]  # the benchmarks use 11
+_CLAIM_TTL_S = 3600
+
+
+def _claim_redis_db() -> tuple[redis.Redis, int, str]:
+    """A database index no other test run on this machine holds right now (several
+    checkouts may run their suites at once): claimed with SET NX in database 0."""
+    admin = redis.Redis.from_url(f"{REDIS_SERVER_URL}/0", socket_connect_timeout=3)
+    token = f"{os.getpid()}:{uuid.uuid4().hex}"
+    try:
+        for db in _REDIS_TEST_DBS:
+            if admin.set(f"predq-test-claim:{db}", token, nx=True, ex=_CLAIM_TTL_S):
+                return admin, db, token
+    except redis.RedisError as exc:
+        admin.close()
+        unavailable(f"Redis at {REDIS_SERVER_URL}", exc)
+    admin.close()
+    pytest.fail(f"every Redis test database {_REDIS_TEST_DBS} is claimed by another run")
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis database index of its own, flushed before and after the test."""
-    db = 2 + (os.getpid() % 8)  # 2..9; the benchmarks use 11
+    admin, db, token = _claim_redis_db()
     url = f"{REDIS_SERVER_URL}/{db}"
     client = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:
         client.flushdb()
-    except redis.RedisError as exc:
-        unavailable(f"Redis at {REDIS_SERVER_URL}", exc)
-    try:
         yield url
     finally:
         client.flushdb()
         client.close()
+        key = f"predq-test-claim:{db}"
+        if admin.get(key) == token.encode():
+            admin.delete(key)
+        admin.close()
 
 
 @pytest.fixture
