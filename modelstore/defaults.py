@@ -22,6 +22,9 @@ MAX_BATCH_SIZE = 512
 """Upper bound on rows one micro-batch predicts and logs together."""
 BATCH_LINGER_MS = 5.0
 """How long a micro-batch waits for company, only while requests overlap; 0 never waits."""
+DURABLE_WAIT_S = 120.0
+"""Longest a predict task waits for its predicted row to be durable (the write itself has a
+10 s deadline and a spool): a bound against a defect, never reached in normal serving."""
 MAX_ROWS_PER_TASK = 10_000
 BATCH_TASKS_AT_ONCE = 2
 """predict_batch tasks one serving process runs at once (one predicting while one writes);

@@ -43,6 +43,10 @@ class InvalidInput(PredqError):
     """Raised when a caller's value is malformed; the message names the field."""
 
 
+class ServingTimeout(PredqError):
+    """Raised when a request is not predicted, or not made durable, within its deadline."""
+
+
 class ArtifactError(PredqError):
     """Raised when an artifact is refused before or while deserializing."""
 

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelstore.errors import InvalidInput
+from modelstore import defaults
+from modelstore.errors import InvalidInput, PredqError, ServingTimeout
 from workers import metrics
 from workers.execute import Outcome, ServingModel, execute, persist
 from workers.validation import Limits
@@ -55,19 +56,28 @@ class _Item:
     role: int = _WAIT
     result: dict[str, Any] | None = None
     error: BaseException | None = None
+    abandoned: bool = False  # its thread gave up waiting: never hand it a stage
 
     def __post_init__(self) -> None:
         self.wake.acquire()
 
     def wake_as(self, role: int) -> None:
+        """Set the role and wake the thread. Callers hold the batcher's lock, so a waiter
+        that times out sees either no role change or the role together with its release."""
         self.role = role
         if self.wake.locked():
             self.wake.release()
 
+    def take_role(self) -> int:
+        """The role handed over, consuming its release (caller holds the batcher's lock)."""
+        self.wake.acquire(blocking=False)
+        return self.role
+
     def answer(self) -> dict[str, Any]:
         if self.error is not None:
             raise self.error
-        assert self.result is not None
+        if self.result is None:
+            raise PredqError(f"request {self.request_id!r}: answered without a result")
         return self.result
 
 
@@ -87,7 +97,8 @@ class Batcher:
 
     def __init__(self, name: str, model: Callable[[], ServingModel], writer: PredictionWriter,
                  limits: Limits, max_batch_size: int, linger_s: float,
-                 before_batch: Callable[[], None] | None = None) -> None:
+                 before_batch: Callable[[], None] | None = None,
+                 durable_wait_s: float = defaults.DURABLE_WAIT_S) -> None:
         self.name = name
         self._model = model
         self._writer = writer
@@ -95,6 +106,7 @@ class Batcher:
         self._max = max_batch_size
         self._linger_s = linger_s
         self._before_batch = before_batch
+        self._durable_wait_s = durable_wait_s
         self._lock = threading.Lock()
         self._pending: list[_Item] = []
         self._predicting = False  # invariant: rows pending => a predict leader exists
@@ -121,25 +133,40 @@ class Batcher:
             elif role == _WRITE:
                 role = self._lead_write(item)
             else:
-                item.wake.acquire()  # in the pipeline: a write (with its deadline) answers
-                role = item.role
+                role = self._pipeline_wait(item)
         return item.answer()
 
     def _first_wait(self, item: _Item, timeout: float) -> int:
         """Wait to be predicted; only a row still queued may give up."""
-        if not item.wake.acquire(timeout=timeout):
+        if item.wake.acquire(timeout=timeout):
             with self._lock:
-                if item.role == _WAIT and item in self._pending:
-                    self._pending.remove(item)
-                    self._in_flight -= 1
-                    raise TimeoutError(f"request {item.request_id!r}: not predicted within "
-                                       f"{timeout:.0f} s")
-        return item.role
+                return item.role
+        with self._lock:
+            if item.role == _WAIT and item in self._pending:
+                self._pending.remove(item)
+                self._in_flight -= 1
+                raise ServingTimeout(f"request {item.request_id!r}: not predicted within "
+                                     f"{timeout:.0f} s")
+            return item.take_role()  # handed a role as the wait ran out: take it now
+
+    def _pipeline_wait(self, item: _Item) -> int:
+        """Wait for this row to be durable (or for the write stage). The write has its
+        own deadline; this one only keeps a thread from waiting for good on a defect."""
+        if item.wake.acquire(timeout=self._durable_wait_s):
+            with self._lock:
+                return item.role
+        with self._lock:
+            if item.role != _WAIT:
+                return item.take_role()
+            item.abandoned = True  # a write leader writes its batch instead of handing over
+        raise ServingTimeout(f"request {item.request_id!r}: predicted but not durable within "
+                             f"{self._durable_wait_s:.0f} s")
 
     # -- predict stage --------------------------------------------------------------------
 
     def _lead_predict(self, me: _Item) -> int:
-        me.role = _WAIT  # consumed; a stale wake-up must not make this thread lead again
+        with self._lock:
+            me.role = _WAIT  # consumed
         items = self._take()
         started = time.perf_counter()
         try:
@@ -171,9 +198,7 @@ class Batcher:
             if not self._pending:
                 self._predicting = False
                 return
-            nxt = self._pending[0]
-            nxt.role = _PREDICT
-        nxt.wake_as(_PREDICT)
+            self._pending[0].wake_as(_PREDICT)
 
     def _run_model(self, items: list[_Item]) -> tuple[ServingModel, Outcome]:
         if self._before_batch is not None:
@@ -185,20 +210,21 @@ class Batcher:
     # -- write stage ----------------------------------------------------------------------
 
     def _lead_write(self, me: _Item) -> int:
-        me.role = _WAIT  # consumed, as in _lead_predict
         with self._lock:
-            group = self._group()
-        self._commit(group)
-        with self._lock:
-            if not self._predicted:
-                self._writing = False
-                return me.role
-            nxt = self._predicted[0].owner
-            nxt.role = _WRITE
-        if nxt is me:
-            return _WRITE
-        nxt.wake_as(_WRITE)
-        return me.role  # answered: this thread's batch was in the group it wrote
+            me.role = _WAIT  # consumed, as in _lead_predict
+        while True:
+            with self._lock:
+                group = self._group()
+            self._commit(group)
+            with self._lock:
+                if not self._predicted:
+                    self._writing = False
+                    return me.role
+                nxt = self._predicted[0].owner
+                if nxt is not me and not nxt.abandoned:
+                    nxt.wake_as(_WRITE)
+                    return me.role  # answered: this thread's batch was in its group
+            # The next batch is this thread's own, or its owner gave up waiting: write it.
 
     def _group(self) -> list[_Predicted]:
         """The oldest predicted batches, up to max_batch_size rows (at least one batch);
@@ -233,24 +259,24 @@ class Batcher:
         model, outcome = predicted.model, predicted.outcome
         metrics.observe_results(self.name, model.version, outcome.results,
                                 time.perf_counter() - predicted.started)
-        self._answered(len(predicted.items))
         for item, result in zip(predicted.items, outcome.results, strict=True):
             if "error" not in result:
                 result["model_version"] = model.version
                 result["model_sha256"] = model.sha256
             item.result = result
-            item.wake_as(_ANSWERED)
+        self._answered(predicted.items)
 
     def _fail(self, items: list[_Item], exc: Exception, started: float) -> None:
         log.error("batch of %d rows for model %r failed: %s", len(items), self.name, exc,
                   exc_info=exc)
         metrics.observe_batch(self.name, None, len(items), len(items),
                               time.perf_counter() - started)
-        self._answered(len(items))
         for item in items:
             item.error = exc
-            item.wake_as(_ANSWERED)
+        self._answered(items)
 
-    def _answered(self, rows: int) -> None:
+    def _answered(self, items: list[_Item]) -> None:
         with self._lock:
-            self._in_flight -= rows
+            self._in_flight -= len(items)
+            for item in items:
+                item.wake_as(_ANSWERED)
