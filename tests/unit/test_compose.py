@@ -97,7 +97,8 @@ def test_redis_workers_init_and_flower(compose: dict[str, Any]) -> None:
     assert services["init"]["restart"] == "no"
     assert services["flower"]["profiles"] == ["flower"]
     env = worker["environment"]
-    assert env["PREDQ_BROKER_URL"].startswith("redis://redis:")
+    assert env["PREDQ_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert "@redis:6379/0" in env["PREDQ_BROKER_URL"]
     assert "@postgres:5432/" in env["DATABASE_URL"]
 
 
@@ -108,3 +109,24 @@ def test_dockerfile_builds_from_python_311_slim_and_installs_the_project() -> No
     assert "RUN pip install ." in text
     for package in ("modelstore", "workers", "producer"):
         assert f"COPY {package} ./{package}" in text
+
+
+def test_redis_keeps_queued_tasks_and_needs_a_password(compose: dict[str, Any]) -> None:
+    """A Redis restart must not drop queued tasks (AOF on a volume), and the broker is not
+    open to whoever reaches the port (issue 12, item 10)."""
+    redis = compose["services"]["redis"]
+    argv = commands_of(redis["command"])[0]
+    if argv[0] == "exec":
+        argv = argv[1:]
+    assert argv[0] == "redis-server"
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    assert argv[argv.index("--requirepass") + 1] == "$$REDIS_PASSWORD"
+    # The password comes from the environment and compose refuses to start without it.
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    volume, target = redis["volumes"][0].split(":")[:2]
+    assert target == "/data" and volume in compose["volumes"]
+    assert "$$REDIS_PASSWORD" in " ".join(redis["healthcheck"]["test"])
+    for svc in ("worker", "init", "flower"):
+        env = compose["services"][svc]["environment"]
+        for key in ("PREDQ_BROKER_URL", "PREDQ_RESULT_BACKEND"):
+            assert env[key].startswith("redis://:${REDIS_PASSWORD:?"), (svc, key)
