@@ -84,6 +84,8 @@ class Config:
     trials: int = 3
     background_rate: float = 40.0
     concurrency: int = defaults.WORKER_THREADS
+    conventional: bool = False
+    """Start predq's workers as `python -m celery -A workers worker` with no pool flag."""
 
     @classmethod
     def quick(cls) -> Config:
@@ -111,7 +113,8 @@ class Bench:
         self.tmp = tmp
         self.logs = logs
         self.env = worker_env(url, REDIS_URL, tmp,
-                              PREDQ_GENERATION_POLL=str(defaults.GENERATION_POLL_S))
+                              PREDQ_GENERATION_POLL=str(defaults.GENERATION_POLL_S),
+                              PREDQ_WORKER_THREADS=str(cfg.concurrency))
         self.app = client_app(self.env)
         self.broker = Broker(REDIS_URL)
         self.rows = RowCounter(get_engine(url))
@@ -325,11 +328,14 @@ class Bench:
 
     def predq(self) -> None:
         cfg = self.cfg
-        log(f"\npredq workers: {len(NODES)} nodes x --pool threads --concurrency "
-            f"{cfg.concurrency}")
+        how = ("`celery -A workers worker` (no pool flag: the app's config, "
+               f"PREDQ_WORKER_THREADS={cfg.concurrency})" if cfg.conventional
+               else f"--pool threads --concurrency {cfg.concurrency}")
+        log(f"\npredq workers: {len(NODES)} nodes x {how}")
         started = time.perf_counter()
         with running_workers(self.env, self.logs, names=NODES, app=self.app,
-                             concurrency=cfg.concurrency, pool="threads") as workers:
+                             concurrency=cfg.concurrency,
+                             pool=None if cfg.conventional else "threads") as workers:
             self.worker_pids = [w.proc.pid for w in workers if w.proc]
             self.warm_up()
             log(f"  started and warmed up in {time.perf_counter() - started:.1f} s "
@@ -351,6 +357,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds of the single-row runs (default 5)")
     parser.add_argument("--concurrency", type=int,
                         help=f"threads per worker node (default {defaults.WORKER_THREADS})")
+    parser.add_argument("--conventional", action="store_true",
+                        help="start predq's workers with the bare `celery -A workers worker` "
+                             "(no --pool/--concurrency: the app's own config decides)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--logs", type=Path, help="keep the worker logs in this directory")
     parser.add_argument("--no-readme", action="store_true",
@@ -358,7 +367,9 @@ def main() -> None:
     args = parser.parse_args()
     cfg = Config.quick() if args.quick else Config()
     overrides = {k: v for k, v in (("tasks", args.tasks), ("rounds", args.rounds),
-                                   ("concurrency", args.concurrency)) if v is not None}
+                                   ("concurrency", args.concurrency),
+                                   ("conventional", args.conventional or None))
+                 if v is not None}
     cfg = Config(**{**asdict(cfg), **overrides})
     command = " ".join(["python -m bench.serving_bench", *sys.argv[1:]])
     log(f"serving bench: {os.cpu_count()} cores, load average "

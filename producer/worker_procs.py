@@ -27,12 +27,14 @@ class WorkerStartError(PredqError):
     """Raised when a worker subprocess exits or does not answer ping in time."""
 
 
-def worker_command(concurrency: int, extra: Sequence[str] = (), pool: str = "threads",
+def worker_command(concurrency: int, extra: Sequence[str] = (), pool: str | None = "threads",
                    loglevel: str = "INFO") -> list[str]:
-    """The argv of one predq worker: `python -m celery -A workers worker ...`."""
-    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", pool,
-            "--concurrency", str(concurrency), "-Q", defaults.DEFAULT_QUEUE,
-            "--loglevel", loglevel, *extra]
+    """The argv of one predq worker: `python -m celery -A workers worker ...`. With
+    pool=None it is the conventional command, no pool or concurrency flag: the app's own
+    config chooses them (threads, PREDQ_WORKER_THREADS)."""
+    pool_args = [] if pool is None else ["--pool", pool, "--concurrency", str(concurrency)]
+    return [sys.executable, "-m", "celery", "-A", "workers", "worker", *pool_args,
+            "-Q", defaults.DEFAULT_QUEUE, "--loglevel", loglevel, *extra]
 
 
 class WorkerGroup:

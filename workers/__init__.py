@@ -1,4 +1,5 @@
-"""predq workers: `celery -A workers worker --pool threads` serves predictions."""
+"""predq workers: `celery -A workers worker` serves predictions (the threads pool, by the
+app's own config; see celeryapp.pool_config)."""
 
 from modelstore.settings import Settings
 from workers.celeryapp import create_app

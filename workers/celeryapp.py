@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -36,6 +38,7 @@ def create_app(settings: Settings) -> Celery:
     fastrepr.install()
     app = Celery("predq")
     app.conf.update(settings.celery_config())
+    app.conf.update(pool_config(settings, sys.argv))
     if settings.broker_url.startswith("filesystem://"):
         # kombu's stock filesystem transport loses messages to a write/read race; the
         # producer's fixed transport is the same one the client uses (embedded demo).
@@ -46,6 +49,25 @@ def create_app(settings: Settings) -> Celery:
     register_tasks(app, settings)
     _connect_signals(settings)
     return app
+
+
+def pool_config(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
+    """The bare `celery -A workers worker` serves like `predq worker`: the threads pool with
+    PREDQ_WORKER_THREADS threads (one model copy and one batcher per process; prefork -c 2
+    reached 0.54x a no-op task and twice the memory).
+
+    Celery's CLI cannot tell an explicit `--pool prefork` from its default, and swaps in
+    `worker_pool` for both (celery/bin/worker.py, WorkersPool.convert). So when the command
+    line names a pool, the app sets neither option and Celery's own defaults apply: an
+    explicit prefork gets prefork with one process per CPU."""
+    if _names_pool(argv):
+        return {}
+    return {"worker_pool": "threads", "worker_concurrency": settings.worker_threads}
+
+
+def _names_pool(argv: Sequence[str]) -> bool:
+    return any(arg in ("-P", "--pool") or arg.startswith("--pool=")
+               or (arg.startswith("-P") and not arg.startswith("--")) for arg in argv)
 
 
 def _warm(settings: Settings) -> None:

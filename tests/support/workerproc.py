@@ -44,7 +44,8 @@ def client_app(env: Mapping[str, str]) -> Celery:
 
 class WorkerProcess:
     def __init__(self, env: Mapping[str, str], name: str, log_path: Path,
-                 concurrency: int = 16, pool: str = "threads", extra_args: tuple[str, ...] = ()):
+                 concurrency: int = 16, pool: str | None = "threads",
+                 extra_args: tuple[str, ...] = ()):
         self.env = dict(env)
         self.name = name
         self.log_path = log_path
