@@ -7,11 +7,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY modelstore ./modelstore
 COPY workers ./workers
 COPY producer ./producer
-RUN pip install . "flower>=2"
+RUN pip install -c constraints.txt . "flower>=2"
 
 # Run unprivileged; models and the prediction spool live under /var/lib/predq.
 RUN useradd --create-home --uid 10001 predq \

@@ -2,15 +2,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo schema clean chromium
+.PHONY: install test lint bench demo schema clean chromium constraints
 
-$(STAMP): pyproject.toml
+# Installs through constraints.txt: a clean clone (CI) gets the versions that were tested.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# After testing an upgrade: record the environment's versions as the new constraints.
+constraints: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep '=='; } \
+		> constraints.txt.new && mv constraints.txt.new constraints.txt
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -106,7 +106,7 @@ def test_dockerfile_builds_from_python_311_slim_and_installs_the_project() -> No
     text = (ROOT / "Dockerfile").read_text()
     assert [line for line in text.splitlines() if line.startswith("FROM ")] == [
         "FROM python:3.11-slim"]
-    assert "RUN pip install ." in text
+    assert "RUN pip install -c constraints.txt ." in text
     for package in ("modelstore", "workers", "producer"):
         assert f"COPY {package} ./{package}" in text
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import celery.app.trace
 import pytest
+from celery import Celery
 from celery.utils.saferepr import saferepr
 
 from workers import fastrepr
@@ -29,7 +33,32 @@ def test_a_long_text_is_cut_like_celery_cuts_it() -> None:
     assert len(fastrepr.fast_saferepr(value, 100)) < 200
 
 
-def test_install_patches_the_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(celery.app.trace, "saferepr", saferepr)
+def test_celerys_tracer_reprs_a_result_through_the_swapped_saferepr(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a task through Celery's real tracer: the success path must call whatever
+    `celery.app.trace.saferepr` is, i.e. our fast_saferepr once installed."""
+    seen: list[Any] = []
+    fast = fastrepr.fast_saferepr
+
+    def spy(o: Any, maxlen: int | None = None, *args: Any, **kwargs: Any) -> str:
+        seen.append(o)
+        return fast(o, maxlen, *args, **kwargs)
+
+    monkeypatch.setattr(celery.app.trace, "saferepr", celery.app.trace.saferepr)
+    monkeypatch.setattr(fastrepr, "fast_saferepr", spy)
     fastrepr.install()
-    assert celery.app.trace.saferepr is fastrepr.fast_saferepr
+    app = Celery("fastrepr-test", broker="memory://", backend="cache+memory://")
+    result = {"request_id": "r1", "prediction": 1.5, "confidence": None}
+
+    @app.task(name="fastrepr.echo")
+    def echo() -> dict[str, Any]:
+        return dict(result)
+
+    tracer = celery.app.trace.build_tracer(echo.name, echo, app=app, eager=False)
+    info = tracer(str(uuid.uuid4()), (), {}, {})
+    assert info.retval == result
+    assert seen == [result], ("celery.app.trace no longer reprs results through its "
+                              "module-level saferepr: workers/fastrepr.py has no effect")
+    app.close()
+
+
