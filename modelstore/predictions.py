@@ -50,6 +50,25 @@ class BackfillResult:
 _COLUMNS = pglog.COLUMNS
 # A \u0000 escape preceded by an even number of backslashes (an odd one escapes the "\").
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# What Postgres refuses in text and JSONB: NUL, and surrogate code points (UTF-8 cannot
+# encode them; as JSON escapes, JSONB refuses a lone one).
+_REFUSED_CHAR = re.compile("[\x00\ud800-\udfff]")
+_JSON_LONE_SURROGATE = re.compile(
+    r"(?<!\\)(?:\\\\)*(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<![dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def refused_text(value: str) -> str | None:
+    """Why Postgres would refuse to store `value` as text, or None when it can."""
+    if value.isascii():
+        return "contains a NUL character (U+0000)" if "\x00" in value else None
+    found = _REFUSED_CHAR.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if char == "\x00":
+        return "contains a NUL character (U+0000)"
+    return f"contains a lone surrogate (U+{ord(char):04X}), which is not valid Unicode text"
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -83,7 +102,9 @@ def _features_json(features: Any, index: int) -> str:
         text = features
     elif type(features) is dict or isinstance(features, Mapping):  # dict: skip the ABC check
         try:
-            text = _flat_json(features) or json.dumps(features, allow_nan=False)
+            # ensure_ascii=False: characters stay characters, so the checks below see them.
+            text = _flat_json(features) or json.dumps(features, allow_nan=False,
+                                                      ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"rows[{index}].input_features: not storable as JSON "
                                f"({exc})") from None
@@ -92,6 +113,11 @@ def _features_json(features: Any, index: int) -> str:
                            f"names to values, got {type(features).__name__}")
     if "\\u0000" in text and _JSON_NUL.search(text):  # JSONB cannot hold NUL characters
         raise InvalidInput(f"rows[{index}].input_features: contains a NUL character")
+    problem = refused_text(text)
+    if problem is None and "\\u" in text and _JSON_LONE_SURROGATE.search(text):
+        problem = "contains a lone surrogate escape, which JSONB refuses"
+    if problem is not None:
+        raise InvalidInput(f"rows[{index}].input_features: {problem}")
     return text
 
 
@@ -135,8 +161,21 @@ def check_row(row: Mapping[str, Any], index: int) -> None:
         if not isinstance(value, str) or not value or len(value) > limit:
             raise InvalidInput(f"rows[{index}].{name}: expected a non-empty string of at most "
                                f"{limit} characters, got {value!r:.60}")
+    for name in ("request_id", "model_version", "model_name", "model_sha256"):
+        value = row.get(name)
+        problem = refused_text(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise InvalidInput(f"rows[{index}].{name}: {problem}")
     if "input_features" not in row:
         raise InvalidInput(f"rows[{index}].input_features: required")
+
+
+def check_rows(rows: Sequence[Mapping[str, Any]]) -> None:
+    """Raise InvalidInput, naming the row and field, for the first row the database would
+    refuse (what a spool must never hold: it would block every replay behind it)."""
+    for i, row in enumerate(rows):
+        check_row(row, i)
+        _features_json(row["input_features"], i)
 
 
 def row_tuples(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from modelstore.errors import InvalidInput
+
 log = logging.getLogger(__name__)
 
 SEGMENT_PREFIX = "seg-"
@@ -59,7 +61,7 @@ def encode_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """JSON lines, each ending in a newline. A row without `prediction_time` gets now (UTC),
     so a replay hours later does not log the replay's time instead."""
     stamp: str | None = None
-    lines: list[str] = []
+    lines: list[bytes] = []
     for i, row in enumerate(rows):
         record = dict(row)
         when = record.get("prediction_time")
@@ -69,18 +71,19 @@ def encode_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
         elif type(when) is datetime:
             record["prediction_time"] = when.isoformat()  # cheaper than the encoder's default
         try:
-            lines.append(_ENCODER.encode(record))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"spool rows[{i}].{_unencodable_field(record)}: cannot store "
-                             f"as JSON: {exc}") from exc
-    lines.append("")
-    return "\n".join(lines).encode()
+            # Encoded per row: a lone surrogate fails UTF-8 here, naming its row.
+            lines.append(_ENCODER.encode(record).encode())
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+            raise InvalidInput(f"spool rows[{i}].{_unencodable_field(record)}: cannot store "
+                               f"as JSON: {exc}") from exc
+    lines.append(b"")
+    return b"\n".join(lines)
 
 
 def _unencodable_field(record: Mapping[str, Any]) -> str:
     for key, value in record.items():
         try:
-            _ENCODER.encode(value)
+            _ENCODER.encode(value).encode()
         except (TypeError, ValueError):
             return str(key)
     return "<row>"

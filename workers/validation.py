@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from modelstore.defaults import MAX_REQUEST_ID_CHARS, MAX_STRING_FEATURE_CHARS
+from modelstore.predictions import refused_text
 
 NUMBER = "number"
 STRING = "string"
@@ -164,7 +165,7 @@ def _is_clean(row: object, checks: tuple[tuple[str, bool], ...], limits: Limits)
                 # Comparisons are False for NaN, reject infinities and work on huge ints.
                 if not ((kind is float or kind is int) and -top <= value <= top):
                     return False
-            elif kind is not str or len(value) > max_chars or "\x00" in value:
+            elif kind is not str or len(value) > max_chars or refused_text(value):
                 return False
     except KeyError:
         return False
@@ -201,9 +202,10 @@ def _diagnose_free(features: Mapping[Any, object], limits: Limits, field: str
         return None, f"{field}: must name at least one feature, got an empty object"
     clean: dict[str, object] = {}
     for key, raw in features.items():
-        if type(key) is not str or not key or "\x00" in key or len(key) > limits.max_string_chars:
+        if (type(key) is not str or not key or len(key) > limits.max_string_chars
+                or refused_text(key)):
             return None, (f"{_path(field, key)}: feature names must be non-empty strings "
-                          "without NUL characters")
+                          "without NUL characters or lone surrogates")
         value, error = _check_value(raw, _looks_numeric(raw), limits, either=True)
         if error is not None:
             return None, f"{_path(field, key)}: {error}"
@@ -226,9 +228,11 @@ def _check_value(value: object, is_number: bool, limits: Limits, *, either: bool
         if len(value) > limits.max_string_chars:
             return None, (f"string of {len(value)} characters exceeds the limit of "
                           f"{limits.max_string_chars}")
-        if "\x00" in value:
-            # Postgres JSONB cannot hold U+0000: refuse it here, for this row only.
-            return None, "contains a NUL character (U+0000), which cannot be stored"
+        problem = refused_text(value)
+        if problem is not None:
+            # Postgres cannot store U+0000 or a lone surrogate: refuse it here, for this
+            # row only, before it reaches a micro-batch's write or the spool.
+            return None, f"{problem}, which cannot be stored"
         return str(value), None
     return None, f"expected a string, got {_describe(value)}"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from modelstore.db import ModelEvaluationDB
 from modelstore.errors import DatabaseUnavailable, StoreError
-from modelstore.predictions import PredictionRow
+from modelstore.predictions import PredictionRow, check_rows
 from workers import metrics
 from workers.spool import Spool
 
@@ -64,6 +64,9 @@ class PredictionWriter:
                 # From now on writes go straight to the spool; the replayer probes.
                 self._down = True
                 log.warning("prediction log unavailable, spooling until it is back: %s", exc)
+        # Refuse here what the database would refuse at replay (InvalidInput names the
+        # row; the batcher then isolates it): the spool holds only storable rows.
+        check_rows(rows)
         self.spool.append(rows)
         metrics.observe_write(rows, spooled=True)
         metrics.set_spool_depth(self.spool.pending_rows())

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from modelstore.errors import InvalidInput
 from workers.spool import Spool
 
 WHEN = datetime(2024, 5, 17, 13, 45, 12, 123456)
@@ -75,10 +76,14 @@ def test_a_row_without_a_time_is_stamped_when_spooled(tmp_path: Path) -> None:
 
 def test_unstorable_rows_are_refused_at_append_naming_the_field(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    with pytest.raises(ValueError, match=r"rows\[1\]\.predicted_value"):
+    with pytest.raises(InvalidInput, match=r"rows\[1\]\.predicted_value"):
         spool.append([rows("a", 1)[0], dict(rows("b", 1)[0], predicted_value=math.nan)])
-    with pytest.raises(ValueError, match=r"rows\[0\]\.input_features"):
+    with pytest.raises(InvalidInput, match=r"rows\[0\]\.input_features"):
         spool.append([dict(rows("c", 1)[0], input_features={"x": object()})])
+    # A lone surrogate cannot be UTF-8 encoded: refused with its row, not a bare
+    # UnicodeEncodeError that would fail every row of the micro-batch.
+    with pytest.raises(InvalidInput, match=r"rows\[1\]\.input_features"):
+        spool.append([rows("d", 1)[0], dict(rows("e", 1)[0], input_features={"x": "\ud800"})])
     assert spool.pending_rows() == 0
 
 
