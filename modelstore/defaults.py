@@ -25,6 +25,9 @@ BATCH_LINGER_MS = 5.0
 DURABLE_WAIT_S = 120.0
 """Longest a predict task waits for its predicted row to be durable (the write itself has a
 10 s deadline and a spool): a bound against a defect, never reached in normal serving."""
+UNKNOWN_MODEL_TTL_S = 5.0
+"""How long a serving process remembers that a model name is unknown or unavailable."""
+MAX_UNKNOWN_MODEL_NAMES = 1024
 MAX_ROWS_PER_TASK = 10_000
 BATCH_TASKS_AT_ONCE = 2
 """predict_batch tasks one serving process runs at once (one predicting while one writes);

@@ -1,5 +1,7 @@
 """ModelLoader: database production row -> <model dir>/production/model.pkl ->
 <model dir>/model.pkl -> None, with an in-memory cache keyed by (version, sha256).
+Those two files are model `default`'s; any model name also has
+<model dir>/<name>/production/model.pkl (see _fallback_paths).
 
 Every fallback is flagged (`fallback_used`, `source`, `fallback_reason`) and logged.
 """
@@ -196,7 +198,8 @@ class ModelLoader:
         return obj, SOURCE_DATABASE
 
     def _fallback(self, reason: str) -> LoadedModel | None:
-        for path in (self.model_dir / "production" / "model.pkl", self.model_dir / "model.pkl"):
+        paths = _fallback_paths(self.model_dir, self.model_name)
+        for path in paths:
             if not path.is_file():
                 continue
             try:
@@ -209,8 +212,8 @@ class ModelLoader:
                         "path failed: %s", self.model_name, path, loaded.sha256[:12], reason)
             return loaded
         self._mark(None, fallback=reason)
-        log.warning("no model available for %r: database failed (%s) and no model.pkl under %s",
-                    self.model_name, reason, self.model_dir)
+        log.warning("no model available for %r: database failed (%s) and no file at %s",
+                    self.model_name, reason, ", ".join(map(str, paths)))
         return None
 
     def _load_file(self, path: Path) -> LoadedModel:
@@ -231,6 +234,15 @@ class ModelLoader:
         self.fallback_used = fallback is not None
         self.fallback_reason = fallback
         self.source = None if loaded is None else loaded.source
+
+
+def _fallback_paths(model_dir: Path, name: str) -> list[Path]:
+    """The files that may stand in for model `name` when the database is down:
+    `<dir>/<name>/production/model.pkl`; the seed's own paths mean model `default`."""
+    paths = [model_dir / name / "production" / "model.pkl"]
+    if name == defaults.DEFAULT_MODEL_NAME:
+        paths += [model_dir / "production" / "model.pkl", model_dir / "model.pkl"]
+    return paths
 
 
 def _read_sidecar(path: Path, suffix: str) -> str | None:

@@ -115,6 +115,9 @@ class PredqMetrics:
                               ["model", "version"], registry=r, multiprocess_mode="liveall")
         self.gate_rollbacks = Counter("predq_quality_gate_rollbacks", "Rollbacks made by the "
                                       "live quality gate", ["model"], registry=r)
+        self.unknown_names = Gauge("predq_unknown_model_names", "Model names this process "
+                                   "remembers as unknown or unavailable", registry=r,
+                                   multiprocess_mode="liveall")
 
     def batch_children(self, model: str, version: str) -> _BatchChildren:
         key = (model, version)
@@ -216,6 +219,10 @@ def observe_replay(rows: int) -> None:
 
 def set_spool_depth(rows: int) -> None:
     get_metrics().spool_depth.set(rows)
+
+
+def set_unknown_names(count: int) -> None:
+    get_metrics().unknown_names.set(count)
 
 
 def observe_switch(model: str, generation: int | None, lag_s: float | None,

@@ -19,7 +19,12 @@ from typing import Any
 
 from modelstore import blobs, promotion
 from modelstore.engine import translate_errors
-from modelstore.errors import ModelNotFound, NoProductionModel, PredqError
+from modelstore.errors import (
+    DatabaseUnavailable,
+    ModelNotFound,
+    NoProductionModel,
+    PredqError,
+)
 from modelstore.loader import ModelLoader
 from workers import metrics
 from workers.execute import ServingModel
@@ -54,6 +59,8 @@ class ModelSlot:
         self._lock = threading.Lock()
         self._error: str | None = None
         self._refused: tuple[int, str] | None = None
+        self.db_unavailable = False  # the last pointer check could not reach the database
+        self._failure: PredqError | None = None
         self.last_check = 0.0
         self.last_switch_s: float | None = None
 
@@ -70,27 +77,38 @@ class ModelSlot:
             if self._current is None:
                 self.refresh(force=True)
             if self._current is None:
-                raise NoProductionModel(self._error or f"model {self.name!r} is not available")
+                failure = self._failure or NoProductionModel(
+                    f"model {self.name!r} is not available")
+                raise type(failure)(str(failure))
             return self._current
 
     def refresh(self, force: bool = False, promoted_at: float | None = None) -> bool:
         """Check the pointer; load and swap when the generation moved. True if swapped."""
         self.last_check = time.monotonic()
         try:
-            return self._refresh(force, promoted_at)
+            swapped = self._refresh(force, promoted_at)
         except PredqError as exc:
             self._error = str(exc)
+            self._failure = exc
+            self.db_unavailable = isinstance(exc, DatabaseUnavailable)
             if self._current is None:
-                return self._try_fallback(str(exc))
+                # Only an unreachable database falls back to a file: a name without a
+                # production version is that, not a cue to serve some other model.
+                return self.db_unavailable and self._try_fallback(str(exc))
             log.warning("model %r: keeping %s; refresh failed: %s", self.name,
                         self._current.version, exc)
             return False
+        self.db_unavailable = False
+        self._failure = None
+        return swapped
 
     def _refresh(self, force: bool, promoted_at: float | None) -> bool:
         db = self.loader.database()
         with translate_errors("reading production pointer", model_name=self.name), \
                 db.engine.connect() as conn:
             pointer = promotion.read_pointer(conn, self.name)
+            if pointer is None and blobs.latest_meta(conn, self.name) is None:
+                raise ModelNotFound(f"unknown model {self.name!r}")
             if pointer is None:
                 raise NoProductionModel(f"model {self.name!r} has no production version")
             current = self._current
@@ -126,6 +144,19 @@ class ModelSlot:
         if previous is None or previous.version != model.version:
             log.info("model %r now serving %s (generation %s, sha256 %s…, from %s)", self.name,
                      model.version, model.generation, model.sha256[:12], model.loaded.source)
+
+    def load_fallback(self, reason: str) -> ServingModel:
+        """Serve the name's fallback file without touching the database (known down)."""
+        with self._lock:
+            if self._current is None:
+                self._try_fallback(reason)
+            model = self._current
+        if model is None:
+            raise DatabaseUnavailable(f"model {self.name!r} is unavailable: {reason}, and "
+                                      "it has no fallback file")
+        self.db_unavailable = True
+        self._error = reason
+        return model
 
     def _try_fallback(self, reason: str) -> bool:
         loaded = self.loader.fallback(reason)

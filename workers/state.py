@@ -16,12 +16,19 @@ from typing import Any
 from modelstore import defaults
 from modelstore.db import ModelEvaluationDB
 from modelstore.engine import dispose_engines
-from modelstore.errors import InvalidInput, PredqError
+from modelstore.errors import (
+    DatabaseUnavailable,
+    InvalidInput,
+    ModelNotFound,
+    NoProductionModel,
+    PredqError,
+)
 from modelstore.loader import ModelLoader
 from modelstore.settings import Settings
 from workers import metrics
 from workers.batcher import Batcher
 from workers.execute import ServingModel, execute, persist
+from workers.names import UnknownNames
 from workers.signal import GenerationSignal
 from workers.slot import ModelSlot
 from workers.spool import Spool
@@ -48,6 +55,8 @@ class ServingState:
         self._slots: dict[str, ModelSlot] = {}
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
+        self._lookup_lock = threading.Lock()
+        self.unknown = UnknownNames()
         self._batch_turns = threading.BoundedSemaphore(defaults.BATCH_TASKS_AT_ONCE)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -64,25 +73,51 @@ class ServingState:
     # -- models ---------------------------------------------------------------------------
 
     def slot(self, name: object) -> ModelSlot:
-        """The slot of a model name; an unknown name raises and leaves nothing behind."""
+        """The slot of a model name; an unknown name raises and leaves nothing behind but a
+        short-lived negative answer (no loader, no query per request for a typo)."""
         if not isinstance(name, str) or not name or len(name) > 100 or not set(name) <= _NAME_CHARS:
             raise InvalidInput(f"model: expected a model name ([A-Za-z0-9._-], at most 100 "
                                f"characters), got {name!r:.60}")
         existing = self._slots.get(name)
         if existing is not None:
             return existing
-        slot = ModelSlot(ModelLoader(self.settings.database_url, self.settings.model_dir,
-                                     model_name=name, signing_key=self.settings.signing_key,
-                                     cache_dir=self.settings.artifact_cache_dir,
-                                     connect_timeout_s=self.settings.connect_timeout_s))
-        try:
-            slot.ensure_loaded()
-        except PredqError as exc:
-            raise InvalidInput(f"model: unknown or unavailable model {name!r}: {exc}") from exc
-        with self._lock:
-            if len(self._slots) >= MAX_MODEL_NAMES and name not in self._slots:
+        with self._lookup_lock:  # one lookup per new name, not one per waiting thread
+            existing = self._slots.get(name)
+            if existing is not None:
+                return existing
+            known = self.unknown.get(name)
+            if known is not None:
+                raise InvalidInput(known)
+            if len(self._slots) >= MAX_MODEL_NAMES:
                 raise InvalidInput(f"model: this worker already serves {MAX_MODEL_NAMES} models")
-            return self._slots.setdefault(name, slot)
+            slot = ModelSlot(self._new_loader(name))
+            try:
+                self._first_load(slot)
+            except PredqError as exc:
+                message = _lookup_error(name, exc)
+                self.unknown.remember(name, message)
+                raise InvalidInput(message) from exc
+            with self._lock:
+                return self._slots.setdefault(name, slot)
+
+    def _new_loader(self, name: str) -> ModelLoader:
+        s = self.settings
+        return ModelLoader(s.database_url, s.model_dir, model_name=name,
+                           signing_key=s.signing_key, cache_dir=s.artifact_cache_dir,
+                           connect_timeout_s=s.connect_timeout_s)
+
+    def _first_load(self, slot: ModelSlot) -> None:
+        """While the database is known to be down, a new name is looked up in the model
+        directory only: a task thread never waits out a connect timeout for it."""
+        if self.database_down():
+            slot.load_fallback("the database is unreachable")
+        else:
+            slot.ensure_loaded()
+
+    def database_down(self) -> bool:
+        """True while the prediction log or a served model's pointer check finds the
+        database unreachable (both re-probe it in the background)."""
+        return self.writer.down or any(s.db_unavailable for s in list(self._slots.values()))
 
     def _model_for(self, name: str, version: object) -> ServingModel:
         slot = self.slot(name)
@@ -171,6 +206,7 @@ class ServingState:
         """Called by the promote broadcast: check now, load in the background."""
         for name in ([model] if model else list(self._slots)):
             self._promoted_at[name] = promoted_at or time.time()
+        self.unknown.forget(model)  # a promote may have just made this name servable
         self._wake.set()
 
     def reload(self, model: str | None = None) -> None:
@@ -208,6 +244,17 @@ class ServingState:
         self._refresher.join(timeout=5)
         self.signal.close()
         dispose_engines()
+
+
+def _lookup_error(name: str, exc: PredqError) -> str:
+    """The error a request for an unservable name gets (and keeps getting for a while)."""
+    if isinstance(exc, ModelNotFound) and str(exc) == f"unknown model {name!r}":
+        return str(exc)
+    if isinstance(exc, NoProductionModel):
+        return f"model {name!r} has no production version"
+    if isinstance(exc, DatabaseUnavailable):
+        return f"model {name!r} is unavailable: {exc}"
+    return f"model {name!r} cannot be served: {exc}"
 
 
 _state: ServingState | None = None

@@ -45,6 +45,11 @@ class PredictionWriter:
         self._watchdog = threading.Thread(target=self._watchdog_loop,
                                           name="predq-write-watchdog", daemon=True)
 
+    @property
+    def down(self) -> bool:
+        """True while writes go straight to the spool (the database was unreachable)."""
+        return self._down
+
     def start(self) -> None:
         self._replayer.start()
         self._watchdog.start()
