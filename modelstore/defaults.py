@@ -25,6 +25,10 @@ BATCH_LINGER_MS = 5.0
 DURABLE_WAIT_S = 120.0
 """Longest a predict task waits for its predicted row to be durable (the write itself has a
 10 s deadline and a spool): a bound against a defect, never reached in normal serving."""
+MODEL_CACHE_SIZE = 2
+"""Model versions each loader keeps in memory (PREDQ_MODEL_CACHE_SIZE): the served one and
+the one before it, for a quick rollback. Older versions are released once no batch holds
+them."""
 UNKNOWN_MODEL_TTL_S = 5.0
 """How long a serving process remembers that a model name is unknown or unavailable."""
 MAX_UNKNOWN_MODEL_NAMES = 1024

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ class ModelLoader:
     def __init__(self, database_url: str | None = None, model_dir: str | Path | None = None,
                  *, model_name: str = defaults.DEFAULT_MODEL_NAME,
                  signing_key: bytes | None = None, cache_dir: str | Path | None = None,
-                 connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S) -> None:
+                 connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S,
+                 memory_cache_size: int = defaults.MODEL_CACHE_SIZE) -> None:
         self.database_url = database_url
         self.model_dir = Path(model_dir or os.environ.get("PREDQ_MODEL_DIR")
                               or defaults.DEFAULT_MODEL_DIR)
@@ -63,7 +65,10 @@ class ModelLoader:
             self.model_dir / ".cache")
         self.disk_cache = artifacts.ArtifactCache(Path(cache))
         self.connect_timeout_s = connect_timeout_s
-        self._memory: dict[tuple[str, str, str], LoadedModel] = {}
+        # Least recently used first; bounded, so promoting through many versions does not
+        # keep every one alive (a served or in-flight model is held by its user anyway).
+        self._memory: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self.memory_cache_size = max(1, memory_cache_size)
         self._lock = threading.Lock()
         self._db: ModelEvaluationDB | None = None
         self.fallback_used = False
@@ -138,6 +143,11 @@ class ModelLoader:
         """Load a known artifact row (workers use this after reading the pointer)."""
         return self._load_meta(meta, generation)
 
+    @property
+    def cached_models(self) -> int:
+        """Model versions held in this loader's memory cache."""
+        return len(self._memory)
+
     def database(self) -> ModelEvaluationDB:
         """The store handle this loader reads through (created on first use)."""
         return self._database()
@@ -162,6 +172,8 @@ class ModelLoader:
         key = (meta.model_name, meta.model_version, str(meta.sha256))
         with self._lock:
             cached = self._memory.get(key)
+            if cached is not None:
+                self._memory.move_to_end(key)
         if cached is not None:
             # Same bytes, maybe reached another way (by version, then as production).
             return cached if cached.generation == generation else replace(
@@ -176,6 +188,8 @@ class ModelLoader:
                              meta.model_type, time.perf_counter() - started)
         with self._lock:
             self._memory[key] = loaded
+            while len(self._memory) > self.memory_cache_size:
+                self._memory.popitem(last=False)
         log.info("loaded model %s (sha256 %s…) from %s in %.0f ms", label, loaded.sha256[:12],
                  source, loaded.load_seconds * 1000)
         return loaded

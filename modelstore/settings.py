@@ -89,6 +89,7 @@ class Settings:
     quality_gate_models: tuple[str, ...] = ()
     log_tasks: bool = False
     artifact_cache_dir: Path | None = None
+    model_cache_size: int = defaults.MODEL_CACHE_SIZE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +127,7 @@ class Settings:
             quality_gate_models=_names(env, "PREDQ_QUALITY_GATE_MODELS"),
             log_tasks=(env.get("PREDQ_LOG_TASKS") or "").lower() in ("1", "true", "yes"),
             artifact_cache_dir=Path(cache_dir) if cache_dir else model_dir / ".cache",
+            model_cache_size=_int(env, "PREDQ_MODEL_CACHE_SIZE", defaults.MODEL_CACHE_SIZE),
         )
 
     def celery_config(self) -> dict[str, Any]:

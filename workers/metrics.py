@@ -115,6 +115,9 @@ class PredqMetrics:
                               ["model", "version"], registry=r, multiprocess_mode="liveall")
         self.gate_rollbacks = Counter("predq_quality_gate_rollbacks", "Rollbacks made by the "
                                       "live quality gate", ["model"], registry=r)
+        self.cached_models = Gauge("predq_model_cache_versions", "Model versions held in "
+                                   "this process's memory cache (PREDQ_MODEL_CACHE_SIZE)",
+                                   ["model"], registry=r, multiprocess_mode="liveall")
         self.unknown_names = Gauge("predq_unknown_model_names", "Model names this process "
                                    "remembers as unknown or unavailable", registry=r,
                                    multiprocess_mode="liveall")
@@ -219,6 +222,10 @@ def observe_replay(rows: int) -> None:
 
 def set_spool_depth(rows: int) -> None:
     get_metrics().spool_depth.set(rows)
+
+
+def set_cached_models(model: str, count: int) -> None:
+    get_metrics().cached_models.labels(model).set(count)
 
 
 def set_unknown_names(count: int) -> None:

@@ -141,6 +141,7 @@ class ModelSlot:
                                   promoted_at) if switched else None
         metrics.observe_switch(self.name, model.generation, lag, model.loaded.load_seconds,
                                model.version)
+        metrics.set_cached_models(self.name, self.loader.cached_models)
         if previous is None or previous.version != model.version:
             log.info("model %r now serving %s (generation %s, sha256 %s…, from %s)", self.name,
                      model.version, model.generation, model.sha256[:12], model.loaded.source)

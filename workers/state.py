@@ -104,7 +104,8 @@ class ServingState:
         s = self.settings
         return ModelLoader(s.database_url, s.model_dir, model_name=name,
                            signing_key=s.signing_key, cache_dir=s.artifact_cache_dir,
-                           connect_timeout_s=s.connect_timeout_s)
+                           connect_timeout_s=s.connect_timeout_s,
+                           memory_cache_size=s.model_cache_size)
 
     def _first_load(self, slot: ModelSlot) -> None:
         """While the database is known to be down, a new name is looked up in the model
