@@ -216,21 +216,32 @@ def _configured(slow: Predictor) -> Predictor:
 
 
 def _checked(fast: Predictor, reference: Predictor) -> Predictor:
-    state: dict[str, Predictor | None] = {"chosen": None}
+    return _Checked(fast, reference)
 
-    def run(rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
-        chosen = state["chosen"]
+
+class _Checked:
+    """Runs `reference` and `fast` on the first call and keeps whichever agrees. A class,
+    not a closure that sets an attribute on itself: that closure was a reference cycle,
+    which kept every replaced model alive until a full garbage collection."""
+
+    def __init__(self, fast: Predictor, reference: Predictor) -> None:
+        self._fast = fast
+        self._reference = reference
+        self._chosen: Predictor | None = None
+        self.fast_path: bool | None = None  # for tests and logs
+
+    def __call__(self, rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
+        chosen = self._chosen
         if chosen is not None:
             return chosen(rows)
-        expected = reference(rows)
+        expected = self._reference(rows)
         try:
-            same = bool(np.allclose(fast(rows)[0], expected[0], rtol=1e-9, atol=1e-6))
+            same = bool(np.allclose(self._fast(rows)[0], expected[0], rtol=1e-9, atol=1e-6))
         except Exception:
             log.exception("fast inference path failed; using sklearn's predict")
             same = False
-        state["chosen"] = fast if same else reference
-        run.fast_path = same  # type: ignore[attr-defined]  # for tests and logs
+        self._chosen = self._fast if same else self._reference
+        self.fast_path = same
         if not same:
             log.warning("fast inference path disagrees with sklearn's predict; using sklearn")
         return expected
-    return run

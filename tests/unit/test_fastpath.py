@@ -101,3 +101,33 @@ def test_flat_forest_matches_sklearn_on_both_sides_of_the_switch(
     x = model[:-1].transform(cars[list(FEATURES)].head(rows))
     np.testing.assert_allclose(FlatForest(model[-1]).predict(x), model[-1].predict(x),
                                rtol=1e-12)
+
+
+def test_a_replaced_model_is_freed_by_reference_counting_alone(cars: pd.DataFrame) -> None:
+    """Workers raise gc thresholds (batches allocate many dicts), so a cycle through a
+    served model would keep every replaced version alive for a long time (issue 12,
+    item 3): the serving wrapper must not form one."""
+    import gc
+    import weakref
+
+    from modelstore.artifacts import describe_features
+    from modelstore.loader import LoadedModel
+    from workers.execute import ServingModel, execute
+    from workers.validation import Limits
+
+    model = train_pipeline(cars, n_estimators=4, max_depth=3)
+    alive = weakref.ref(model)
+    serving = ServingModel.wrap(LoadedModel(model, "default", "v1", "ab" * 32, "database", 1,
+                                            describe_features(model)), 1)
+    del model
+    rows = records(cars.iloc[:3][list(FEATURES)])
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        execute(serving, rows, ["a", "b", "c"], Limits(), single_rows=True)
+        assert getattr(serving.predictor, "fast_path", None) is True
+        del serving
+        assert alive() is None, "a reference cycle keeps the replaced model alive"
+    finally:
+        if enabled:
+            gc.enable()
