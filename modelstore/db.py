@@ -262,7 +262,8 @@ class ModelEvaluationDB:
         self.store_predictions([row])
         return rid
 
-    def store_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    def store_predictions(self, rows: Sequence[Mapping[str, Any]],
+                          deadline_s: float | None = None) -> int:
         """The bulk path: one atomic statement or transaction (multi-row VALUES, or COPY
         from COPY_THRESHOLD_ROWS rows), request_id dedup.
 
@@ -274,7 +275,7 @@ class ModelEvaluationDB:
         if self.engine.dialect.name == "postgresql":
             tuples = predictions.row_tuples(rows)
             with translate_errors("logging predictions", rows=len(rows)):
-                return pglog.log_connections(self.engine).write(tuples)
+                return pglog.log_connections(self.engine).write(tuples, deadline_s)
         with self._tx("logging predictions", rows=len(rows)) as conn:
             return predictions.write_predictions(conn, rows)
 

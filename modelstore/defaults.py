@@ -25,6 +25,11 @@ BATCH_LINGER_MS = 5.0
 DURABLE_WAIT_S = 120.0
 """Longest a predict task waits for its predicted row to be durable (the write itself has a
 10 s deadline and a spool): a bound against a defect, never reached in normal serving."""
+MAX_DEAD_LETTER_BYTES = 64 * 1024 * 1024
+"""Cap on a spool directory's dead-letter file (rows the database refused at replay)."""
+REPLAY_DEADLINE_PER_ROW_S = 0.01
+"""A replayed chunk's write deadline: the serving write deadline plus this per row, so a
+slow server is not cut off mid-chunk (5,000 rows: 10 s + 50 s)."""
 MODEL_CACHE_SIZE = 2
 """Model versions each loader keeps in memory (PREDQ_MODEL_CACHE_SIZE): the served one and
 the one before it, for a quick rollback. Older versions are released once no batch holds

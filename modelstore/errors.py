@@ -47,6 +47,10 @@ class ServingTimeout(PredqError):
     """Raised when a request is not predicted, or not made durable, within its deadline."""
 
 
+class ReplayBlocked(PredqError):
+    """Raised when spool replay cannot go on until an operator acts (schema, full file)."""
+
+
 class ArtifactError(PredqError):
     """Raised when an artifact is refused before or while deserializing."""
 

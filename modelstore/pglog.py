@@ -155,6 +155,7 @@ class _LogConnection:
     info: dict[str, Any] = field(default_factory=dict)
     opened: float = field(default_factory=time.monotonic)
     started: float = 0.0
+    limit_s: float | None = None  # this write's own deadline (a long replay chunk)
     aborted: bool = False
 
 
@@ -169,10 +170,12 @@ class LogConnections:
         self._busy: set[_LogConnection] = set()
         self._lock = threading.Lock()
 
-    def write(self, tuples: list[tuple[Any, ...]]) -> int:
+    def write(self, tuples: list[tuple[Any, ...]], limit_s: float | None = None) -> int:
         """One atomic write: a single autocommit INSERT below the COPY threshold, else a
-        transaction (COPY, or the staged ON CONFLICT path). Driver errors propagate."""
+        transaction (COPY, or the staged ON CONFLICT path). Driver errors propagate.
+        `limit_s` replaces abort_stalled's limit for this write."""
         with self._connection() as conn:
+            conn.limit_s = limit_s
             small = len(tuples) < COPY_THRESHOLD_ROWS
             conn.dbapi.autocommit = small  # psycopg2: a client-side switch, no round trip
             inserted = write_tuples(conn.dbapi, tuples, conn.info)
@@ -223,7 +226,7 @@ class LogConnections:
         cut = 0
         with self._lock:  # under the lock: a finished write's connection is never touched
             for conn in self._busy:
-                if conn.aborted or now - conn.started < limit_s:
+                if conn.aborted or now - conn.started < (conn.limit_s or limit_s):
                     continue
                 conn.aborted = True
                 cut += 1

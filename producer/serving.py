@@ -6,6 +6,7 @@ A reply to `predq_serving`, `predq_promote` or `predq_reload` is one dict per no
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,9 @@ class ServingRow:
     sha256: str | None = None
     loaded_at: str | None = None
     error: str | None = None
+    prediction_log: str | None = None
+    """The process's prediction log when not plain: spooled rows, dead letters, a stopped
+    replay (None when everything is written)."""
 
     def label(self) -> str:
         """`node pid N`, how reports name a process."""
@@ -116,11 +120,27 @@ def _process_rows(node: str, proc: object, model: str | None) -> list[ServingRow
     models = proc.get("models") if isinstance(proc, Mapping) else None
     if not isinstance(models, Mapping):
         models = {}
-    if model is not None and model not in models:
-        return [ServingRow(node, pid, None)]  # loads production on its first request
+    if model is not None and model not in models:  # loads production on its first request
+        return [ServingRow(node, pid, None, prediction_log=_log_note(proc))]
     names = [model] if model is not None else sorted(models)
-    rows = [_model_row(node, pid, name, models[name]) for name in names]
-    return rows or [ServingRow(node, pid, None)]
+    note = _log_note(proc)
+    rows = [dataclasses.replace(_model_row(node, pid, name, models[name]), prediction_log=note)
+            for name in names]
+    return rows or [ServingRow(node, pid, None, prediction_log=note)]
+
+
+def _log_note(proc: object) -> str | None:
+    """`12 spooled; 3 dead-lettered (<file>); replay stopped: <why>`, or None."""
+    if not isinstance(proc, Mapping):
+        return None
+    parts = []
+    if proc.get("spooled_rows"):
+        parts.append(f"{proc['spooled_rows']} spooled")
+    if proc.get("dead_letter_rows"):
+        parts.append(f"{proc['dead_letter_rows']} dead-lettered ({proc.get('dead_letter_file')})")
+    if proc.get("replay_error"):
+        parts.append(f"replay stopped: {proc['replay_error']}")
+    return "; ".join(parts) or None
 
 
 def _model_row(node: str, pid: int | None, name: str, info: object) -> ServingRow:

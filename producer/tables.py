@@ -27,12 +27,18 @@ def serving_table(rows: Sequence[ServingRow], title: str = "Serving",
                   highlight: str | None = None) -> Table:
     """One line per model per process; `highlight` marks rows serving that version."""
     table = Table(title=title)
+    logs = any(row.prediction_log for row in rows)  # a column only when there is news
     for col in ("node", "pid", "model", "version", "generation", "source", "error"):
         table.add_column(col, overflow="fold")
+    if logs:
+        table.add_column("prediction log", overflow="fold")
     for row in rows:
         style = "green" if highlight and row.version == highlight else None
-        table.add_row(row.node, _fmt(row.pid), _fmt(row.model), _fmt(row.version),
-                      _fmt(row.generation), _fmt(row.source), _fmt(row.error), style=style)
+        cells = [row.node, _fmt(row.pid), _fmt(row.model), _fmt(row.version),
+                 _fmt(row.generation), _fmt(row.source), _fmt(row.error)]
+        if logs:
+            cells.append(_fmt(row.prediction_log))
+        table.add_row(*cells, style=style)
     return table
 
 

@@ -85,6 +85,12 @@ class PredqMetrics:
                               [*mv, "destination"], registry=r)
         self.replayed = Counter("predq_spool_replayed_rows", "Spooled rows written to the "
                                 "database after an outage", registry=r)
+        self.dead_letters = Counter("predq_spool_dead_letter_rows", "Spooled rows the "
+                                    "database refused, moved to the dead-letter file",
+                                    registry=r)
+        self.replay_blocked = Gauge("predq_spool_replay_blocked", "1 while spool replay is "
+                                    "stopped (schema mismatch, dead-letter file full)",
+                                    registry=r, multiprocess_mode="livemax")
         self.spool_depth = Gauge("predq_spool_depth_rows", "Rows waiting in the local spool",
                                  registry=r, multiprocess_mode="livemax")
         self.batch_size = Histogram("predq_batch_size_rows", "Rows per predicted batch",
@@ -222,6 +228,14 @@ def observe_replay(rows: int) -> None:
 
 def set_spool_depth(rows: int) -> None:
     get_metrics().spool_depth.set(rows)
+
+
+def observe_dead_letter() -> None:
+    get_metrics().dead_letters.inc()
+
+
+def set_replay_blocked(blocked: bool) -> None:
+    get_metrics().replay_blocked.set(1 if blocked else 0)
 
 
 def set_cached_models(model: str, count: int) -> None:

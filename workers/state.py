@@ -236,7 +236,10 @@ class ServingState:
     def status(self) -> dict[str, Any]:
         return {"pid": self.pid, "host": socket.gethostname(),
                 "models": {n: s.status().as_dict() for n, s in self._slots.items()},
-                "spooled_rows": self.writer.spool.pending_rows()}
+                "spooled_rows": self.writer.spool.pending_rows(),
+                "dead_letter_rows": self.writer.dead_letters.rows,
+                "dead_letter_file": str(self.writer.dead_letters.path),
+                "replay_error": self.writer.replay_error}
 
     def close(self) -> None:
         self._stop.set()

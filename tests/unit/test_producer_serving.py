@@ -81,3 +81,22 @@ def test_report_is_ok_with_idle_processes_but_not_without_nodes() -> None:
                            unconfirmed=[ServingRow("n", None, "m", error="load failed")])
     assert "n (load failed)" in (failed.problem() or "")
     assert "rollbackd" not in (failed.problem() or "")
+
+
+def test_a_process_with_dead_letters_or_a_stopped_replay_says_so() -> None:
+    """`predq serving` shows a process's prediction-log trouble (issue 12, item 4)."""
+    from rich.console import Console
+
+    from producer.tables import serving_table
+
+    troubled = dict(proc(3, default=("v1", 1)), spooled_rows=12, dead_letter_rows=2,
+                    dead_letter_file="/spool/dead-letter.jsonl",
+                    replay_error="schema version 0, run `predq db upgrade`")
+    rows = serving_rows(merge_replies([reply("w@h", troubled, proc(4, default=("v1", 1)))]))
+    assert rows[0].prediction_log == ("12 spooled; 2 dead-lettered (/spool/dead-letter.jsonl);"
+                                      " replay stopped: schema version 0, run `predq db "
+                                      "upgrade`")
+    assert rows[1].prediction_log is None
+    console = Console(width=400, record=True)
+    console.print(serving_table(rows))
+    assert "2 dead-lettered" in console.export_text()
