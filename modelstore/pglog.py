@@ -42,7 +42,7 @@ _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS predq_prediction_stage (
     request_id VARCHAR(128), model_name VARCHAR(100), model_version VARCHAR(50),
     model_sha256 VARCHAR(64), input_features JSONB, predicted_value FLOAT8,
-    confidence_score FLOAT8, actual_value FLOAT8, prediction_time TIMESTAMP
+    confidence_score FLOAT8, actual_value FLOAT8, prediction_time TIMESTAMPTZ
 ) ON COMMIT DELETE ROWS
 """
 _STAGE_INSERT = f"""
@@ -56,7 +56,11 @@ _VALUES_INSERT = f"""
 INSERT INTO model_predictions ({", ".join(COLUMNS)}) VALUES %s
 ON CONFLICT (request_id) DO NOTHING
 """
-_VALUES_TEMPLATE = "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s, COALESCE(%s, CURRENT_TIMESTAMP))"
+# prediction_time goes through timestamptz: an aware time (a spooled row's stamp) becomes
+# the session's local time, exactly as CURRENT_TIMESTAMP does for a direct write into the
+# seed's TIMESTAMP WITHOUT TIME ZONE column; a naive one is kept as given.
+_VALUES_TEMPLATE = ("(%s, %s, %s, %s, %s::jsonb, %s, %s, %s, "
+                    "COALESCE(%s::timestamptz, CURRENT_TIMESTAMP))")
 
 
 def write_tuples(dbapi_conn: Any, tuples: list[tuple[Any, ...]], info: dict[str, Any]) -> int:

@@ -11,7 +11,7 @@ import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypedDict, TypeGuard
 
 import orjson
@@ -200,6 +200,12 @@ def _raw_cursor(conn: Connection) -> Any:
     return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
+def _sqlite_time(value: datetime | str) -> datetime:
+    """SQLite's CURRENT_TIMESTAMP is naive UTC: an aware time is stored the same way."""
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when if when.tzinfo is None else when.astimezone(UTC).replace(tzinfo=None)
+
+
 def _sqlite_insert(conn: Connection, tuples: list[tuple[Any, ...]]) -> int:
     stmt = sqlite.insert(schema.model_predictions).on_conflict_do_nothing(
         index_elements=["request_id"])
@@ -211,8 +217,8 @@ def _sqlite_insert(conn: Connection, tuples: list[tuple[Any, ...]]) -> int:
         p["input_features"] = json.loads(p["input_features"])
         if p["prediction_time"] is None:
             del p["prediction_time"]
-        elif isinstance(p["prediction_time"], str):
-            p["prediction_time"] = datetime.fromisoformat(p["prediction_time"])
+        else:
+            p["prediction_time"] = _sqlite_time(p["prediction_time"])
         params.append(p)
     # Rows with and without an explicit time need separate statements (different columns).
     for group in (

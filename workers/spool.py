@@ -58,15 +58,16 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 
 
 def encode_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """JSON lines, each ending in a newline. A row without `prediction_time` gets now (UTC),
-    so a replay hours later does not log the replay's time instead."""
+    """JSON lines, each ending in a newline. A row without `prediction_time` gets now, in
+    UTC with its offset, so a replay hours later does not log the replay's time instead,
+    and the store turns it into the server's local time as it does CURRENT_TIMESTAMP."""
     stamp: str | None = None
     lines: list[bytes] = []
     for i, row in enumerate(rows):
         record = dict(row)
         when = record.get("prediction_time")
         if when is None:
-            stamp = stamp or datetime.now(UTC).replace(tzinfo=None).isoformat()
+            stamp = stamp or datetime.now(UTC).isoformat()
             record["prediction_time"] = stamp
         elif type(when) is datetime:
             record["prediction_time"] = when.isoformat()  # cheaper than the encoder's default

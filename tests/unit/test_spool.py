@@ -66,12 +66,15 @@ def test_round_trip_keeps_every_field_with_times_as_iso_strings(tmp_path: Path) 
 
 def test_a_row_without_a_time_is_stamped_when_spooled(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    before = datetime.now(UTC).replace(tzinfo=None, microsecond=0)  # the log is naive UTC
+    before = datetime.now(UTC).replace(microsecond=0)
     spool.append([dict(rows("a", 1)[0], prediction_time=None)])
     got = Recorder()
     spool.replay(got)
     stamped = datetime.fromisoformat(got.calls[0][0]["prediction_time"])
-    assert before <= stamped <= datetime.now(UTC).replace(tzinfo=None)
+    # Aware (UTC with its offset): the store converts it to the server's local time, as
+    # it does CURRENT_TIMESTAMP (tests/integration/test_prediction_times.py).
+    assert stamped.utcoffset() is not None
+    assert before <= stamped <= datetime.now(UTC)
 
 
 def test_unstorable_rows_are_refused_at_append_naming_the_field(tmp_path: Path) -> None:
