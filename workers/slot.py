@@ -153,8 +153,7 @@ class ModelSlot:
                 self._try_fallback(reason)
             model = self._current
         if model is None:
-            raise DatabaseUnavailable(f"model {self.name!r} is unavailable: {reason}, and "
-                                      "it has no fallback file")
+            raise DatabaseUnavailable(f"{reason}, and there is no fallback file for it")
         self.db_unavailable = True
         self._error = reason
         return model
