@@ -57,6 +57,7 @@ class ServingState:
         self._lock = threading.Lock()
         self._lookup_lock = threading.Lock()
         self.unknown = UnknownNames()
+        self._lookup_unreachable_at = -1e9  # when a new name's lookup last met an outage
         self._batch_turns = threading.BoundedSemaphore(defaults.BATCH_TASKS_AT_ONCE)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -94,6 +95,8 @@ class ServingState:
             try:
                 self._first_load(slot)
             except PredqError as exc:
+                if isinstance(exc, DatabaseUnavailable):
+                    self._lookup_unreachable_at = time.monotonic()
                 message = _lookup_error(name, exc)
                 self.unknown.remember(name, message)
                 raise InvalidInput(message) from exc
@@ -117,8 +120,11 @@ class ServingState:
 
     def database_down(self) -> bool:
         """True while the prediction log or a served model's pointer check finds the
-        database unreachable (both re-probe it in the background)."""
-        return self.writer.down or any(s.db_unavailable for s in list(self._slots.values()))
+        database unreachable (both re-probe it in the background), or a new name's lookup
+        did moments ago."""
+        recent = time.monotonic() - self._lookup_unreachable_at < self.unknown.ttl_s
+        return recent or self.writer.down or any(
+            s.db_unavailable for s in list(self._slots.values()))
 
     def _model_for(self, name: str, version: object) -> ServingModel:
         slot = self.slot(name)
