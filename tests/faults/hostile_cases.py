@@ -83,6 +83,7 @@ CASES: list[Case] = [
     _valid("unicode-category", _with(brand="Škoda")),
     _valid("unseen-unicode-category", _with(brand="東京🚗", transmission="Ручная")),
     _single("nul-character", _with(brand="Ford\u0000"), "features.brand"),
+    _single("lone-surrogate", _with(brand="Ford\ud800"), "features.brand", "surrogate"),
     _batch("nul-character-in-batch", [G, _with(brand="Ford\u0000"), GOOD[1]],
            ["h-nulb-0", "h-nulb-1", "h-nulb-2"], "rows[1].features.brand",
            logged=("h-nulb-0", "h-nulb-2"), item_errors=(1,)),
