@@ -84,8 +84,7 @@ class Config:
     trials: int = 3
     background_rate: float = 40.0
     concurrency: int = defaults.WORKER_THREADS
-    conventional: bool = False
-    """Start predq's workers as `python -m celery -A workers worker` with no pool flag."""
+    conventional: bool = False  # workers as the bare `celery -A workers worker`
 
     @classmethod
     def quick(cls) -> Config:
@@ -328,10 +327,9 @@ class Bench:
 
     def predq(self) -> None:
         cfg = self.cfg
-        how = ("`celery -A workers worker` (no pool flag: the app's config, "
-               f"PREDQ_WORKER_THREADS={cfg.concurrency})" if cfg.conventional
-               else f"--pool threads --concurrency {cfg.concurrency}")
-        log(f"\npredq workers: {len(NODES)} nodes x {how}")
+        how = "(no pool flag) PREDQ_WORKER_THREADS=" if cfg.conventional else (
+            "--pool threads --concurrency ")
+        log(f"\npredq workers: {len(NODES)} nodes x {how}{cfg.concurrency}")
         started = time.perf_counter()
         with running_workers(self.env, self.logs, names=NODES, app=self.app,
                              concurrency=cfg.concurrency,
@@ -368,8 +366,7 @@ def main() -> None:
     cfg = Config.quick() if args.quick else Config()
     overrides = {k: v for k, v in (("tasks", args.tasks), ("rounds", args.rounds),
                                    ("concurrency", args.concurrency),
-                                   ("conventional", args.conventional or None))
-                 if v is not None}
+                                   ("conventional", args.conventional or None)) if v is not None}
     cfg = Config(**{**asdict(cfg), **overrides})
     command = " ".join(["python -m bench.serving_bench", *sys.argv[1:]])
     log(f"serving bench: {os.cpu_count()} cores, load average "
