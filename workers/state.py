@@ -73,6 +73,7 @@ class ServingState:
             return existing
         slot = ModelSlot(ModelLoader(self.settings.database_url, self.settings.model_dir,
                                      model_name=name, signing_key=self.settings.signing_key,
+                                     skops_trusted=self.settings.skops_trusted,
                                      cache_dir=self.settings.artifact_cache_dir,
                                      connect_timeout_s=self.settings.connect_timeout_s))
         try:
