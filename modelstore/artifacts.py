@@ -116,8 +116,8 @@ def verify_signature(sha256: str, signature: str | None, key: Keys, label: str) 
         )
     if not signature_valid(sha256, signature, key):
         raise ArtifactSignatureError(
-            f"artifact {label} has a signature that matches no key of PREDQ_SIGNING_KEY; "
-            "refusing it"
+            f"artifact {label} has a signature that does not match PREDQ_SIGNING_KEY "
+            "(any of its keys); refusing it"
         )
 
 
