@@ -197,3 +197,38 @@ def test_seed_store_model_with_pickle_bytes_still_works(pg_url: str, tmp_path: P
     model = ModelLoader(pg_url, tmp_path).load_production_model()
     frame = make_cars(5, seed=3)[list(FEATURES)]
     assert list(model.predict(frame)) == list(models.small_model().predict(frame))
+
+
+def test_promoted_artifact_that_cannot_serve_is_reported_once(pg_url: str, redis_url: str,
+                                                              tmp_path: Path) -> None:
+    """Issue 17.5: a dict saved with joblib, stored directly and promoted. The worker keeps
+    v1 and says why through predq serving and the promote report, without a traceback
+    at every poll."""
+    from modelstore.settings import Settings
+    from producer.client import PredqClient
+
+    models.register(pg_url, "v1")
+    with ModelEvaluationDB(pg_url) as db:
+        db.store_model("run-d", "weights", "Dict", artifacts.serialize({"w": [1.0, 2.0]}),
+                       describe=False)
+    env = worker_env(pg_url, redis_url, tmp_path)
+    app = client_app(env)
+    try:
+        with running_workers(env, tmp_path, app=app) as (worker,), \
+                PredqClient(Settings.from_env(env)) as client:
+            assert _predict(app, models.rows(1)[0])["model_version"] == "v1"
+            report = client.promote("weights", timeout=5.0)
+            problem = report.problem() or ""
+            assert "is not a model (no predict method" in problem, problem
+            import time
+
+            time.sleep(2.5)  # several generation polls (PREDQ_GENERATION_POLL=0.5)
+            rows = client.serving("default")
+            assert rows and all(r.version == "v1" and "not a model" in (r.error or "")
+                                for r in rows), rows
+            assert _predict(app, models.rows(1)[0])["model_version"] == "v1"
+            log = worker.log_tail(200_000)
+    finally:
+        app.close()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("is not a model") <= 2, log[-3000:]
