@@ -108,3 +108,13 @@ def test_dockerfile_builds_from_python_311_slim_and_installs_the_project() -> No
     assert "RUN pip install ." in text
     for package in ("modelstore", "workers", "producer"):
         assert f"COPY {package} ./{package}" in text
+
+
+def test_postgres_password_comes_from_the_environment_with_no_default(
+        compose: dict[str, Any]) -> None:
+    """Issue 10: no well-known password; compose refuses to start without one."""
+    required = "${POSTGRES_PASSWORD:?"
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(
+        required)
+    url = compose["x-predq-env"]["DATABASE_URL"]
+    assert f"postgres:{required}" in url and ":-" not in url
