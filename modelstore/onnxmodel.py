@@ -109,19 +109,19 @@ def convert(model: Any, sample: pd.DataFrame | np.ndarray) -> bytes:
     """ONNX bytes of a fitted scikit-learn model; `sample` gives the input columns' types."""
     try:
         from skl2onnx import to_onnx
-        from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+        from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
     except ImportError as exc:
         raise ArtifactError("format='onnx' needs skl2onnx: pip install 'predq[onnx]'") from exc
     columns: list[str] | None = None
     if isinstance(sample, pd.DataFrame) and _takes_columns(model):
-        types = [(str(c), FloatTensorType([None, 1])
+        types = [(str(c), DoubleTensorType([None, 1])
                   if pd.api.types.is_numeric_dtype(sample[c]) else StringTensorType([None, 1]))
                  for c in sample.columns]
     else:
         if isinstance(sample, pd.DataFrame) and hasattr(model, "feature_names_in_"):
             columns = [str(c) for c in model.feature_names_in_]
         width = np.asarray(sample).shape[1]
-        types = [(_ARRAY_INPUT, FloatTensorType([None, width]))]
+        types = [(_ARRAY_INPUT, DoubleTensorType([None, width]))]
     options = {"zipmap": False} if hasattr(model, "predict_proba") else None
     try:
         onx = to_onnx(model, initial_types=types, target_opset=17,
@@ -129,10 +129,47 @@ def convert(model: Any, sample: pd.DataFrame | np.ndarray) -> bytes:
     except Exception as exc:  # re-raised as ours: skl2onnx raises many types for unsupported models
         raise ArtifactError(f"format='onnx': cannot convert {type(model).__name__}: "
                             f"{str(exc)[:200]}") from exc
+    _float32_trees(onx)
     if columns:
         entry = onx.metadata_props.add()
         entry.key, entry.value = _COLUMNS_KEY, json.dumps(columns)
     return bytes(onx.SerializeToString())
+
+
+_TREE_OPS = {"TreeEnsembleRegressor": 0, "TreeEnsembleClassifier": 1}
+"""ai.onnx.ml tree ops, and the output that must be float (their spec allows no double)."""
+
+
+def _float32_trees(onx: Any) -> None:
+    """Preprocess in double, cast to float32 right before each tree ensemble, and back.
+
+    That is what scikit-learn does (trees compare float32 values with float32 thresholds,
+    after preprocessing in float64); preprocessing in float32 instead would send rows near
+    a threshold down the other branch.
+    """
+    from onnx import TensorProto, helper
+
+    graph = onx.graph
+    nodes = list(graph.node)
+    declared = {o.name: o.type.tensor_type.elem_type for o in graph.output}
+    out: list[Any] = []
+    for node in nodes:
+        position = _TREE_OPS.get(node.op_type)
+        if position is None:
+            out.append(node)
+            continue
+        source, target = node.input[0], node.output[position]
+        out.append(helper.make_node("Cast", [source], [f"{source}_f32"],
+                                    to=TensorProto.FLOAT, name=f"{node.name}_in_f32"))
+        node.input[0] = f"{source}_f32"
+        out.append(node)
+        if declared.get(target) == TensorProto.FLOAT:
+            continue  # already declared float (a classifier's probabilities)
+        node.output[position] = f"{target}_f32"
+        out.append(helper.make_node("Cast", [f"{target}_f32"], [target],
+                                    to=TensorProto.DOUBLE, name=f"{node.name}_out_f64"))
+    del graph.node[:]
+    graph.node.extend(out)
 
 
 def _takes_columns(model: Any) -> bool:
