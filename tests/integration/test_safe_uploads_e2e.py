@@ -94,6 +94,19 @@ def test_without_a_key_the_queue_carries_data_never_code(pg_url: str, redis_url:
             assert _artifact_count(pg_url) == 1 and not marker.exists()
             assert _predict(app, models.rows(1)[0])["model_version"] == "v1"
 
+            # A broadcast only makes workers re-read the database pointer: bytes or a path
+            # riding along are ignored.
+            evil_path = tmp_path / "evil.pkl"
+            evil_path.write_bytes(evil)
+            app.control.broadcast("predq_promote", reply=True, timeout=2, arguments={
+                "model": "default", "generation": 99, "version": "evil",
+                "artifact_path": str(evil_path),
+                "artifact_b64": base64.b64encode(evil).decode()})
+            app.control.broadcast("predq_reload", reply=True, timeout=2, arguments={
+                "model": "default", "artifact_path": str(evil_path)})
+            assert _predict(app, models.rows(1)[0])["model_version"] == "v1"
+            assert not marker.exists()
+
             # skops pipeline, promoted: serves with the in-process model's predictions.
             v2 = models.small_model(models.V2_OFFSET)
             pipe_bytes = formats.dumps(v2, "skops")

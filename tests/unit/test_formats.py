@@ -109,7 +109,9 @@ def test_onnx_converts_with_parity_and_serves_through_inference() -> None:
     preds, conf = predict_frame(served, sample.head(50))
     expected = model.predict(sample.head(50))
     close = np.abs(preds - expected) <= onnxmodel.PARITY_RTOL * np.abs(expected).max()
-    assert conf is None and close.mean() >= 0.98
+    assert conf is None and close.all()
+    from_rows, no_conf = served.predict_rows(sample.head(50).to_dict(orient="records"))
+    assert no_conf is None and list(from_rows) == list(preds)
     assert [c["name"] for c in artifacts.describe_features(served)["columns"]] == list(FEATURES)
     with pytest.raises(ArtifactFormatError, match="onnxruntime cannot open it"):
         formats.loads(b"\x08not an onnx graph", formats.FORMAT_ONNX, "junk")
@@ -135,6 +137,8 @@ def test_onnx_classifier_on_an_array_input_keeps_column_order() -> None:
     preds, conf = predict_frame(served, sample[["b", "a"]])  # reordered on purpose
     assert list(preds) == list(clf.predict(sample))
     assert conf == pytest.approx(clf.predict_proba(sample).max(axis=1), abs=1e-6)
+    rows_preds, rows_conf = served.predict_rows(sample.to_dict(orient="records"))
+    assert list(rows_preds) == list(preds) and list(rows_conf) == list(conf)
 
 
 def _settings(**env: str) -> Settings:
