@@ -21,6 +21,7 @@ from modelstore import defaults
 from modelstore.db import ModelEvaluationDB, default_actor
 from modelstore.engine import redact_url
 from modelstore.errors import InvalidInput
+from modelstore.formats import PICKLE_FORMATS
 from modelstore.promotion import PromotionResult
 from modelstore.settings import Settings
 from producer import payloads, transport
@@ -171,7 +172,8 @@ class PredqClient:
 
         direct=True writes to the database from here; False sends `predq.store_model`
         (a path when workers share this filesystem, else base64 under the size cap);
-        None sends the task when the artifact can travel and writes directly otherwise.
+        None sends the task when the artifact can travel and the workers will take it
+        (skops, onnx, or joblib signed with PREDQ_SIGNING_KEY), and writes directly otherwise.
         `format`: joblib (default for objects; signed with PREDQ_SIGNING_KEY when set,
         which workers require for pickle), skops (needs no key), or onnx (converts the
         model with skl2onnx and checks parity on `sample`, a DataFrame of input rows).
@@ -179,6 +181,9 @@ class PredqClient:
         """
         clean = payloads.check_metrics(metrics)
         fmt = payloads.artifact_format(artifact, format)
+        if direct is None and fmt in PICKLE_FORMATS and self.settings.signing_key is None:
+            # Workers refuse unsigned pickle from the broker; the database is trusted.
+            direct = True
         if direct:
             return self._store_direct(artifact, model_type, run_id, clean, promote, model,
                                       version, fmt, sample)
