@@ -238,3 +238,18 @@ def test_cli_register_of_a_byte_flipped_file_prints_one_line(tmp_path: Path) -> 
     assert "Traceback" not in done.stderr + done.stdout, done.stderr
     assert "not a loadable joblib file" in done.stderr + done.stdout
     assert len((done.stderr + done.stdout).strip().splitlines()) <= 2, done.stderr
+
+
+def test_predq_sign_prints_the_first_keys_signature(tmp_path: Path) -> None:
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"artifact bytes for a client in another language")
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    signed = subprocess.run([sys.executable, "-m", "producer.cli", "sign", str(path)],
+                            env={**base, "PREDQ_SIGNING_KEY": "k-new,k-old"},
+                            capture_output=True, text=True, timeout=60)
+    assert signed.returncode == 0, signed.stderr
+    assert signed.stdout.strip() == artifacts.sign(artifacts.sha256_hex(path.read_bytes()),
+                                                   b"k-new")
+    keyless = subprocess.run([sys.executable, "-m", "producer.cli", "sign", str(path)],
+                             env=base, capture_output=True, text=True, timeout=60)
+    assert keyless.returncode == 2 and "PREDQ_SIGNING_KEY is not set" in keyless.stderr
