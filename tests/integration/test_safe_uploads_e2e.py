@@ -84,6 +84,9 @@ def test_without_a_key_the_queue_carries_data_never_code(pg_url: str, redis_url:
                 "unknown format": _store(app, evil, version="b5", format="pickle"),
                 "not a model": _store(app, formats.dumps({"a": 1}, "skops"), version="b6",
                                       format="skops"),
+                # Building this object would create the marker directory.
+                "constructs on load": _store(app, uploads.skops_constructing_marker(marker),
+                                             version="b7", format="skops", promote=True),
             }
             assert "no PREDQ_SIGNING_KEY to verify" in bad["wrong signature"]["error"]
             assert "os.system" in bad["skops type off the list"]["error"]
@@ -91,6 +94,7 @@ def test_without_a_key_the_queue_carries_data_never_code(pg_url: str, redis_url:
             assert "declared 'skops' but holds joblib bytes" in bad["format mismatch"]["error"]
             assert "format: expected one of" in bad["unknown format"]["error"]
             assert "not a model" in bad["not a model"]["error"]
+            assert uploads.CONSTRUCTION_MARKER_TYPE in bad["constructs on load"]["error"]
             assert _artifact_count(pg_url) == 1 and not marker.exists()
             assert _predict(app, models.rows(1)[0])["model_version"] == "v1"
 
