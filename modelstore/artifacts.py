@@ -1,48 +1,88 @@
-"""Artifact bytes: serialization, SHA-256 and HMAC integrity, and the local verified cache.
+"""Artifact bytes: SHA-256 and HMAC integrity, and the local verified cache.
 
-Unpickling is code execution, so nothing here calls joblib.load on bytes whose digest
-(and, with a signing key, whose signature) has not been checked first.
+Unpickling is code execution, so nothing here deserializes bytes whose digest (and, with a
+signing key, whose signature) has not been checked first. Formats live in formats.py.
+
+Signing keys form a key ring (PREDQ_SIGNING_KEY, comma-separated): the first key signs,
+any of them verifies, so a new key can be put in front while old signatures stay valid.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import joblib
-
+from modelstore import formats
 from modelstore.errors import ArtifactIntegrityError, ArtifactSignatureError
 
 log = logging.getLogger(__name__)
 
-FORMAT_JOBLIB = "joblib"
+FORMAT_JOBLIB = formats.FORMAT_JOBLIB
 _SIGNATURE_CONTEXT = b"predq-artifact-v1:"
+KEY_SEPARATOR = ","
+"""Between the keys of PREDQ_SIGNING_KEY (keys themselves cannot contain a comma)."""
+
+Keys = bytes | tuple[bytes, ...] | None
+"""One signing key, or a ring of them (first signs, any verifies), or none."""
 
 
-def serialize(artifact: object) -> bytes:
-    """Dump an estimator, Pipeline or the seed's dict with joblib, as the seed's trainer does."""
-    buffer = io.BytesIO()
-    joblib.dump(artifact, buffer)
-    return buffer.getvalue()
+def parse_keys(raw: str | None) -> Keys:
+    """PREDQ_SIGNING_KEY's value as a key ring: one key as bytes, several as a tuple."""
+    keys = tuple(part.strip().encode() for part in (raw or "").split(KEY_SEPARATOR)
+                 if part.strip())
+    if not keys:
+        return None
+    return keys[0] if len(keys) == 1 else keys
+
+
+def key_ring(keys: Keys) -> tuple[bytes, ...]:
+    if keys is None:
+        return ()
+    return (keys,) if isinstance(keys, bytes) else tuple(keys)
+
+
+def signing_key(keys: Keys) -> bytes | None:
+    """The key that signs: the first of the ring."""
+    ring = key_ring(keys)
+    return ring[0] if ring else None
+
+
+def serialize(artifact: object, fmt: str = formats.FORMAT_JOBLIB) -> bytes:
+    """Dump an estimator, Pipeline or the seed's dict (joblib, as the seed's trainer does)."""
+    return formats.dumps(artifact, fmt)
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sign(sha256: str, key: bytes) -> str:
-    """HMAC-SHA256 over the artifact's digest: binds the key to exactly these bytes."""
-    return hmac.new(key, _SIGNATURE_CONTEXT + sha256.encode(), hashlib.sha256).hexdigest()
+def sign(sha256: str, key: bytes | tuple[bytes, ...]) -> str:
+    """HMAC-SHA256 over the artifact's digest: binds the key to exactly these bytes.
+
+    `openssl` gives the same: printf 'predq-artifact-v1:%s' "$(sha256sum F | cut -d' ' -f1)"
+    | openssl dgst -sha256 -hmac "$KEY" (see the README's Security section).
+    """
+    first = signing_key(key)
+    if first is None:
+        raise ArtifactSignatureError("signing needs a key (PREDQ_SIGNING_KEY)")
+    return hmac.new(first, _SIGNATURE_CONTEXT + sha256.encode(), hashlib.sha256).hexdigest()
 
 
-def verify(data: bytes, sha256: str | None, signature: str | None, key: bytes | None,
+def signature_valid(sha256: str, signature: object, keys: Keys) -> bool:
+    """Whether `signature` was made by any key of the ring."""
+    if not isinstance(signature, str) or not signature:
+        return False
+    return any(hmac.compare_digest(sign(sha256, k), signature) for k in key_ring(keys))
+
+
+def verify(data: bytes, sha256: str | None, signature: str | None, key: Keys,
            label: str) -> str:
     """Check digest and signature of `data`; returns the digest. Raises before any unpickling."""
     actual = sha256_hex(data)
@@ -50,7 +90,7 @@ def verify(data: bytes, sha256: str | None, signature: str | None, key: bytes | 
     return actual
 
 
-def check_digest(actual: str, sha256: str | None, signature: str | None, key: bytes | None,
+def check_digest(actual: str, sha256: str | None, signature: str | None, key: Keys,
                  label: str) -> None:
     """Compare a digest computed from the bytes with the recorded one, then the signature."""
     if not sha256:
@@ -66,22 +106,25 @@ def check_digest(actual: str, sha256: str | None, signature: str | None, key: by
     verify_signature(sha256, signature, key, label)
 
 
-def verify_signature(sha256: str, signature: str | None, key: bytes | None, label: str) -> None:
-    if key is None:
+def verify_signature(sha256: str, signature: str | None, key: Keys, label: str) -> None:
+    """With a key ring, the signature must come from one of its keys; without, no check."""
+    if not key_ring(key):
         return
     if not signature:
         raise ArtifactSignatureError(
             f"artifact {label} is unsigned and PREDQ_SIGNING_KEY is set; refusing it"
         )
-    if not hmac.compare_digest(sign(sha256, key), signature):
+    if not signature_valid(sha256, signature, key):
         raise ArtifactSignatureError(
-            f"artifact {label} has a signature that does not match PREDQ_SIGNING_KEY; refusing it"
+            f"artifact {label} has a signature that does not match PREDQ_SIGNING_KEY "
+            "(any of its keys); refusing it"
         )
 
 
-def deserialize(data: bytes, sha256: str | None, signature: str | None, key: bytes | None,
-                label: str, *, computed_sha256: str | None = None) -> Any:
-    """Verify, then load. The only path from bytes to a model object.
+def deserialize(data: bytes, sha256: str | None, signature: str | None, key: Keys,
+                label: str, *, computed_sha256: str | None = None,
+                fmt: str = formats.FORMAT_JOBLIB, skops_trusted: Iterable[str] = ()) -> Any:
+    """Verify, then load in `fmt`. The only path from bytes to a model object.
 
     `computed_sha256` spares hashing twice when the caller hashed exactly `data` while
     receiving it (blobs.fetch_verified); it is compared with the recorded digest all the same.
@@ -90,7 +133,7 @@ def deserialize(data: bytes, sha256: str | None, signature: str | None, key: byt
         verify(data, sha256, signature, key, label)
     else:
         check_digest(computed_sha256, sha256, signature, key, label)
-    return joblib.load(io.BytesIO(data))
+    return formats.loads(data, fmt, label, skops_trusted)
 
 
 def describe_features(artifact: object) -> dict[str, Any] | None:
@@ -98,7 +141,12 @@ def describe_features(artifact: object) -> dict[str, Any] | None:
 
     Looks at `feature_names_in_` of the estimator, or of the seed dict's 'preprocessor'.
     A column consumed by an encoder of categories is a string; every other one a number.
+    An ONNX model tells its input types itself.
     """
+    own = getattr(artifact, "feature_schema", None)
+    if callable(own):
+        schema: dict[str, Any] | None = own()
+        return schema
     target = artifact
     if isinstance(artifact, dict):
         target = artifact.get("preprocessor") or artifact.get("model")

@@ -25,6 +25,7 @@ from modelstore import (
     artifacts,
     blobs,
     defaults,
+    formats,
     monitoring,
     pglog,
     predictions,
@@ -72,12 +73,12 @@ class ModelEvaluationDB:
     `close()` only marks this handle closed.
     """
 
-    def __init__(self, database_url: str | None = None, *, signing_key: bytes | None = None,
+    def __init__(self, database_url: str | None = None, *, signing_key: artifacts.Keys = None,
                  connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S) -> None:
         self.database_url = (database_url or os.environ.get("DATABASE_URL")
                              or defaults.DEFAULT_DATABASE_URL)
-        if signing_key is None and os.environ.get("PREDQ_SIGNING_KEY"):
-            signing_key = os.environ["PREDQ_SIGNING_KEY"].encode()
+        if signing_key is None:
+            signing_key = artifacts.parse_keys(os.environ.get("PREDQ_SIGNING_KEY"))
         self.signing_key = signing_key
         self.engine = get_engine(self.database_url, connect_timeout_s)
 
@@ -107,12 +108,14 @@ class ModelEvaluationDB:
                     metrics: Mapping[str, float] | None = None,
                     feature_schema: dict[str, Any] | None = None,
                     describe: bool = True, by: str | None = None,
-                    reason: str | None = None) -> StoredModel:
+                    reason: str | None = None,
+                    serialization_format: str = artifacts.FORMAT_JOBLIB) -> StoredModel:
         """Store an artifact (and its run and metrics); with is_production, promote it too.
 
         A None version gets YYYYMMDD_HHMMSS, suffixed when two land in one second.
         With `describe` and no `feature_schema`, the bytes are loaded once to capture the
         input columns: only do that for bytes this process made (workers pass False).
+        `serialization_format` (joblib, skops, onnx) is recorded; the loader dispatches on it.
         """
         _check_text("run_id", run_id, 255)
         _check_text("model_type", model_type, 100)
@@ -124,12 +127,13 @@ class ModelEvaluationDB:
         data = bytes(model_binary)
         all_metrics = _merge_metrics(accuracy, rmse, r2, metrics)
         sha = artifacts.sha256_hex(data)
+        formats.check_format(serialization_format)
         if feature_schema is None and describe:
-            feature_schema = _describe_own_bytes(data)
+            feature_schema = _describe_own_bytes(data, serialization_format)
         row = {"run_id": run_id, "model_type": model_type, "model_binary": data,
                "model_size_bytes": len(data), "accuracy_score": accuracy, "rmse_score": rmse,
                "r2_score": r2, "model_name": model_name, "sha256": sha,
-               "serialization_format": artifacts.FORMAT_JOBLIB,
+               "serialization_format": serialization_format,
                "signature": artifacts.sign(sha, self.signing_key) if self.signing_key else None,
                "feature_schema": feature_schema}
 
@@ -168,6 +172,19 @@ class ModelEvaluationDB:
                 "stored; choose another version") from exc
         return StoredModel(name, version, row["sha256"], row["model_size_bytes"], artifact_id,
                            result)
+
+    def find_upload(self, model_name: str, sha256: str, run_id: str) -> StoredModel | None:
+        """The stored artifact with exactly these bytes for this run, if any (an upload sent
+        twice); its promotion is set when the version was ever promoted."""
+        with self._tx("looking up an upload", model_name=model_name, run_id=run_id) as conn:
+            row = conn.execute(select(A.c.id, A.c.model_version, A.c.model_size_bytes).where(
+                and_(A.c.model_name == model_name, A.c.sha256 == sha256,
+                     A.c.run_id == run_id)).order_by(A.c.id).limit(1)).first()
+            if row is None:
+                return None
+            promoted = promotion.was_promoted(conn, model_name, row.model_version)
+        return StoredModel(model_name, row.model_version, sha256, int(row.model_size_bytes or 0),
+                           row.id, promoted)
 
     def record_metrics(self, run_id: str, metrics: Mapping[str, float],
                        metric_type: str = "validation") -> None:
@@ -358,13 +375,9 @@ def _free_version(conn: Connection, model_name: str) -> str:
     return f"{base}_{n}"
 
 
-def _describe_own_bytes(data: bytes) -> dict[str, Any] | None:
+def _describe_own_bytes(data: bytes, fmt: str) -> dict[str, Any] | None:
     """Capture the feature schema from the caller's own artifact (trusted: they just made it)."""
-    import io
-
-    import joblib
-
     try:
-        return artifacts.describe_features(joblib.load(io.BytesIO(data)))
+        return artifacts.describe_features(formats.loads(data, fmt, "own artifact"))
     except Exception:  # noqa: BLE001 - an opaque artifact simply has no recorded schema
         return None

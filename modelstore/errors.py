@@ -61,3 +61,11 @@ class ArtifactIntegrityError(ArtifactError):
 
 class ArtifactSignatureError(ArtifactError):
     """Raised when an artifact is unsigned or mis-signed while a signing key is set."""
+
+
+class ArtifactFormatError(ArtifactError):
+    """Raised when an artifact's format is unknown, or its bytes are not in that format."""
+
+
+class ArtifactUntrustedType(ArtifactError):
+    """Raised when a skops artifact references a type outside the allow-list."""

@@ -1,7 +1,8 @@
 """ModelLoader: database production row -> <model dir>/production/model.pkl ->
 <model dir>/model.pkl -> None, with an in-memory cache keyed by (version, sha256).
-Those two files are model `default`'s; any model name also has
-<model dir>/<name>/production/model.pkl (see _fallback_paths).
+Those files are model `default`'s; any model name also has
+<model dir>/<name>/production/model.pkl (see _fallback_paths). Beside model.pkl, the
+fallback also accepts model.skops and model.onnx (FALLBACK_FILES).
 
 Every fallback is flagged (`fallback_used`, `source`, `fallback_reason`) and logged.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from modelstore import artifacts, blobs, defaults, promotion
+from modelstore import artifacts, blobs, defaults, formats, promotion
 from modelstore.blobs import ArtifactMeta
 from modelstore.db import ModelEvaluationDB
 from modelstore.engine import translate_errors
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 SOURCE_DATABASE = "database"
 SOURCE_CACHE = "local-cache"
 SOURCE_FILESYSTEM = "filesystem"
+FALLBACK_FILES = ("model.pkl", "model.skops", "model.onnx")
+"""File names the filesystem fallback accepts in a directory, in this order."""
+_SUFFIX_FORMATS = {suffix: fmt for fmt, suffix in formats.FILE_SUFFIXES.items()}
 
 
 @dataclass(frozen=True)
@@ -51,16 +55,21 @@ class ModelLoader:
 
     def __init__(self, database_url: str | None = None, model_dir: str | Path | None = None,
                  *, model_name: str = defaults.DEFAULT_MODEL_NAME,
-                 signing_key: bytes | None = None, cache_dir: str | Path | None = None,
+                 signing_key: artifacts.Keys = None, cache_dir: str | Path | None = None,
                  connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S,
-                 memory_cache_size: int = defaults.MODEL_CACHE_SIZE) -> None:
+                 memory_cache_size: int = defaults.MODEL_CACHE_SIZE,
+                 skops_trusted: tuple[str, ...] | None = None) -> None:
         self.database_url = database_url
         self.model_dir = Path(model_dir or os.environ.get("PREDQ_MODEL_DIR")
                               or defaults.DEFAULT_MODEL_DIR)
         self.model_name = model_name
-        if signing_key is None and os.environ.get("PREDQ_SIGNING_KEY"):
-            signing_key = os.environ["PREDQ_SIGNING_KEY"].encode()
+        if signing_key is None:
+            signing_key = artifacts.parse_keys(os.environ.get("PREDQ_SIGNING_KEY"))
         self.signing_key = signing_key
+        if skops_trusted is None:
+            skops_trusted = tuple(t.strip() for t in os.environ.get(
+                "PREDQ_SKOPS_TRUSTED", "").split(",") if t.strip())
+        self.skops_trusted = skops_trusted
         cache = cache_dir or os.environ.get("PREDQ_ARTIFACT_CACHE_DIR") or (
             self.model_dir / ".cache")
         self.disk_cache = artifacts.ArtifactCache(Path(cache))
@@ -196,18 +205,21 @@ class ModelLoader:
 
     def _fetch_and_load(self, meta: ArtifactMeta, label: str) -> tuple[Any, str]:
         sha = str(meta.sha256)
+        fmt = meta.serialization_format or formats.FORMAT_JOBLIB
         data = self.disk_cache.get(sha)
         if data is not None:
             try:
                 return artifacts.deserialize(data, sha, meta.signature, self.signing_key,
-                                             label), SOURCE_CACHE
+                                             label, fmt=fmt, skops_trusted=self.skops_trusted
+                                             ), SOURCE_CACHE
             except artifacts.ArtifactIntegrityError:
                 self.disk_cache.discard(sha)
         db = self._database()
         with translate_errors("fetching artifact", artifact=label), db.engine.connect() as conn:
             data, computed = blobs.fetch_verified(conn, meta.id)
         obj = artifacts.deserialize(data, sha, meta.signature, self.signing_key, label,
-                                    computed_sha256=computed)
+                                    computed_sha256=computed, fmt=fmt,
+                                    skops_trusted=self.skops_trusted)
         self.disk_cache.put_in_background(sha, data)
         return obj, SOURCE_DATABASE
 
@@ -237,7 +249,9 @@ class ModelLoader:
         recorded = _read_sidecar(path, ".sha256") or sha
         signature = _read_sidecar(path, ".sig")
         started = time.perf_counter()
-        obj = artifacts.deserialize(data, recorded, signature, self.signing_key, str(path))
+        fmt = _SUFFIX_FORMATS.get(path.suffix, formats.FORMAT_JOBLIB)
+        obj = artifacts.deserialize(data, recorded, signature, self.signing_key, str(path),
+                                    fmt=fmt, skops_trusted=self.skops_trusted)
         version = f"file:{sha[:12]}"
         return LoadedModel(obj, self.model_name, version, sha, SOURCE_FILESYSTEM, None,
                            artifacts.describe_features(obj), None,
@@ -252,11 +266,12 @@ class ModelLoader:
 
 def _fallback_paths(model_dir: Path, name: str) -> list[Path]:
     """The files that may stand in for model `name` when the database is down:
-    `<dir>/<name>/production/model.pkl`; the seed's own paths mean model `default`."""
-    paths = [model_dir / name / "production" / "model.pkl"]
+    `<dir>/<name>/production/model.pkl` (or .skops, .onnx); the seed's own paths mean
+    model `default`."""
+    folders = [model_dir / name / "production"]
     if name == defaults.DEFAULT_MODEL_NAME:
-        paths += [model_dir / "production" / "model.pkl", model_dir / "model.pkl"]
-    return paths
+        folders += [model_dir / "production", model_dir]
+    return [folder / file for folder in folders for file in FALLBACK_FILES]
 
 
 def _read_sidecar(path: Path, suffix: str) -> str | None:

@@ -41,7 +41,7 @@ _SEED_METRICS = (("accuracy", A.c.accuracy_score), ("rmse", A.c.rmse_score),
                  ("r2", A.c.r2_score))
 
 
-def upgrade(database_url: str, *, signing_key: bytes | None = None,
+def upgrade(database_url: str, *, signing_key: artifacts.Keys = None,
             connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S) -> list[str]:
     """Migrate the database at `database_url`; returns the steps applied ([] if none).
 
@@ -64,7 +64,7 @@ def upgrade(database_url: str, *, signing_key: bytes | None = None,
     return steps
 
 
-def _upgrade(conn: Connection, signing_key: bytes | None) -> list[str]:
+def _upgrade(conn: Connection, signing_key: artifacts.Keys) -> list[str]:
     existing = set(inspect(conn).get_table_names())
     if schema.schema_info.name in existing and _recorded_version(conn) is not None:
         return []
@@ -88,7 +88,7 @@ def _upgrade(conn: Connection, signing_key: bytes | None) -> list[str]:
     return steps
 
 
-def _legacy_artifacts(conn: Connection, signing_key: bytes | None) -> list[str]:
+def _legacy_artifacts(conn: Connection, signing_key: artifacts.Keys) -> list[str]:
     steps = _binary_storage(conn) + _record_sizes(conn) + _record_digests(conn, signing_key)
     return steps + _add_runs(conn) + _add_metrics(conn) + _point_at_flagged(conn)
 
@@ -232,7 +232,7 @@ def _record_sizes(conn: Connection) -> list[str]:
     return [f"recorded model_size_bytes of {changed} artifacts"] if changed else []
 
 
-def _record_digests(conn: Connection, signing_key: bytes | None) -> list[str]:
+def _record_digests(conn: Connection, signing_key: artifacts.Keys) -> list[str]:
     if conn.dialect.name == "postgresql":
         digest = func.encode(func.sha256(A.c.model_binary), "hex")
         changed = conn.execute(update(A).where(A.c.sha256.is_(None))

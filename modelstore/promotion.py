@@ -60,7 +60,7 @@ def _current_version(conn: Connection, model_name: str) -> tuple[str | None, int
     return flagged, 0
 
 
-def _target(conn: Connection, model_name: str, version: str, signing_key: bytes | None
+def _target(conn: Connection, model_name: str, version: str, signing_key: artifacts.Keys
             ) -> Any:
     row = conn.execute(select(A.c.id, A.c.sha256, A.c.signature).where(
         and_(A.c.model_name == model_name, A.c.model_version == version))).first()
@@ -70,7 +70,7 @@ def _target(conn: Connection, model_name: str, version: str, signing_key: bytes 
     return row
 
 
-def _check_artifact(conn: Connection, row: Any, label: str, key: bytes | None) -> None:
+def _check_artifact(conn: Connection, row: Any, label: str, key: artifacts.Keys) -> None:
     """Refuse to promote a corrupt or badly signed artifact (digest computed server-side)."""
     if conn.dialect.name == "postgresql":
         actual = conn.execute(select(func.encode(func.sha256(A.c.model_binary), "hex")).where(
@@ -86,7 +86,7 @@ def _check_artifact(conn: Connection, row: Any, label: str, key: bytes | None) -
 
 
 def promote(conn: Connection, model_name: str, version: str, *, action: str,
-            by: str | None, reason: str | None, signing_key: bytes | None) -> PromotionResult:
+            by: str | None, reason: str | None, signing_key: artifacts.Keys) -> PromotionResult:
     lock_model(conn, model_name)
     target = _target(conn, model_name, version, signing_key)
     current, generation = _current_version(conn, model_name)
@@ -129,3 +129,14 @@ def history(conn: Connection, model_name: str | None, limit: int) -> list[dict[s
     if model_name is not None:
         stmt = stmt.where(H.c.model_name == model_name)
     return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def was_promoted(conn: Connection, model_name: str, version: str) -> PromotionResult | None:
+    """The first promotion of `version` (a re-sent upload with promote=True promotes once)."""
+    row = conn.execute(select(H).where(and_(H.c.model_name == model_name,
+                                            H.c.to_version == version))
+                       .order_by(H.c.id).limit(1)).mappings().first()
+    if row is None:
+        return None
+    return PromotionResult(model_name, row["from_version"], version, int(row["generation"]),
+                           str(row["action"]))

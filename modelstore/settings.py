@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from modelstore import defaults
+from modelstore.artifacts import Keys, parse_keys
 from modelstore.errors import ConfigError
 
 N = TypeVar("N", int, float)
@@ -59,6 +60,10 @@ def _margin(env: Mapping[str, str], name: str) -> float | None:
                   "must be a non-negative fraction")
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return (env.get(name) or "").strip().lower() in ("1", "true", "yes")
+
+
 def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name) or ""
     return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -72,7 +77,11 @@ class Settings:
     broker_url: str = field(default=defaults.DEFAULT_BROKER_URL, repr=False)
     result_backend: str = field(default=defaults.DEFAULT_BROKER_URL, repr=False)
     model_dir: Path = Path(defaults.DEFAULT_MODEL_DIR)
-    signing_key: bytes | None = field(default=None, repr=False)
+    signing_key: Keys = field(default=None, repr=False)
+    """PREDQ_SIGNING_KEY: comma-separated keys; the first signs, any verifies (rotation)."""
+    allow_unsigned_pickle: bool = False
+    """PREDQ_ALLOW_UNSIGNED_PICKLE=1: accept unsigned joblib uploads from the queue (unsafe)."""
+    skops_trusted: tuple[str, ...] = ()
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
     connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S
     generation_poll_s: float = defaults.GENERATION_POLL_S
@@ -96,7 +105,6 @@ class Settings:
         """Parse the environment; a malformed value raises ConfigError naming the variable."""
         env = os.environ if env is None else env
         broker = env.get("PREDQ_BROKER_URL") or defaults.DEFAULT_BROKER_URL
-        key = env.get("PREDQ_SIGNING_KEY") or None
         model_dir = Path(env.get("PREDQ_MODEL_DIR") or defaults.DEFAULT_MODEL_DIR)
         cache_dir = env.get("PREDQ_ARTIFACT_CACHE_DIR")
         return cls(
@@ -104,7 +112,9 @@ class Settings:
             broker_url=broker,
             result_backend=env.get("PREDQ_RESULT_BACKEND") or broker,
             model_dir=model_dir,
-            signing_key=key.encode() if key else None,
+            signing_key=parse_keys(env.get("PREDQ_SIGNING_KEY")),
+            allow_unsigned_pickle=_flag(env, "PREDQ_ALLOW_UNSIGNED_PICKLE"),
+            skops_trusted=_names(env, "PREDQ_SKOPS_TRUSTED"),
             visibility_timeout_s=_int(
                 env, "PREDQ_VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT_S
             ),
@@ -125,7 +135,7 @@ class Settings:
             quality_gate_interval_s=_float(env, "PREDQ_QUALITY_GATE_INTERVAL",
                                            defaults.QUALITY_GATE_INTERVAL_S),
             quality_gate_models=_names(env, "PREDQ_QUALITY_GATE_MODELS"),
-            log_tasks=(env.get("PREDQ_LOG_TASKS") or "").lower() in ("1", "true", "yes"),
+            log_tasks=_flag(env, "PREDQ_LOG_TASKS"),
             artifact_cache_dir=Path(cache_dir) if cache_dir else model_dir / ".cache",
             model_cache_size=_int(env, "PREDQ_MODEL_CACHE_SIZE", defaults.MODEL_CACHE_SIZE),
         )

@@ -194,6 +194,7 @@ def demo(workdir: Path, rows: int, model: str | None) -> None:
 
 
 cli.add_command(cli_register.register)
+cli.add_command(cli_register.sign)
 for _command in cli_ops.COMMANDS:
     cli.add_command(_command)
 

@@ -1,5 +1,5 @@
-"""`predq register`: store a joblib model (or a freshly trained demo model), optionally
-promoting it."""
+"""`predq register`: store a joblib, skops or ONNX model (or a freshly trained demo
+model), optionally promoting it; `predq sign`: an artifact's HMAC for other clients."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from modelstore import artifacts, formats
 from producer import cli_ops
 from producer.cli_context import state
 
@@ -49,11 +50,16 @@ def parse_metrics(pairs: tuple[str, ...]) -> dict[str, float]:
               help="Do nothing when the model already has a production version.")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to wait for the worker (and for promote confirmation).")
+@click.option("--format", "fmt", type=click.Choice(formats.FORMATS), default=None,
+              help="Artifact format (default: what ARTIFACT's bytes are; joblib for --demo). "
+                   "Workers accept joblib through the queue only when signed "
+                   "(PREDQ_SIGNING_KEY); skops and onnx need no key.")
 def register(artifact: Path | None, model_type: str | None, run_id: str | None,
              metric_pairs: tuple[str, ...], model: str, model_version: str | None,
              promote: bool, direct: bool | None, demo_model: bool, if_missing: bool,
-             timeout: float) -> None:
-    """Register ARTIFACT (a joblib file) or, with --demo, a freshly trained demo model."""
+             timeout: float, fmt: str | None) -> None:
+    """Register ARTIFACT (a joblib, skops or onnx file) or, with --demo, a freshly trained
+    demo model."""
     metrics = parse_metrics(metric_pairs)
     cli_state = state()
     if if_missing:
@@ -63,12 +69,15 @@ def register(artifact: Path | None, model_type: str | None, run_id: str | None,
                        " nothing registered")
             return
     source: object
+    sample = None
     if demo_model:
         if artifact is not None:
             raise click.UsageError("give either ARTIFACT or --demo, not both")
         from producer.demo import train_demo_model
+        from producer.sample import FEATURES, make_cars
 
         source, trained = train_demo_model()
+        sample = make_cars(200, seed=7)[list(FEATURES)]
         metrics = {**trained, **metrics}
         model_type, run_id = model_type or "RandomForest", run_id or f"demo-{time.time_ns()}"
     elif artifact is None:
@@ -81,9 +90,23 @@ def register(artifact: Path | None, model_type: str | None, run_id: str | None,
     in_db_promote = promote and direct is True
     version = client.register_model(source, model_type, run_id, metrics=metrics,
                                     promote=in_db_promote, model=model,
-                                    version=model_version, direct=direct, timeout=timeout)
+                                    version=model_version, direct=direct, timeout=timeout,
+                                    format=fmt, sample=sample)
     note = " and promoted it (workers switch at their next generation check)" \
         if in_db_promote else ""
     click.echo(f"registered model {model!r} version {version}{note}")
     if promote and not in_db_promote:
         cli_ops.confirm_switch(client.promote(version, model, timeout=min(timeout, 30.0)))
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def sign(artifact: Path) -> None:
+    """Print ARTIFACT's signature for predq.store_model's `signature` (first key of
+    PREDQ_SIGNING_KEY). The same with openssl:
+    printf 'predq-artifact-v1:%s' "$(sha256sum FILE | cut -d' ' -f1)" |
+    openssl dgst -sha256 -hmac "$KEY" -r | cut -d' ' -f1"""
+    key = state().settings.signing_key
+    if key is None:
+        raise click.UsageError("PREDQ_SIGNING_KEY is not set: there is no key to sign with")
+    click.echo(artifacts.sign(artifacts.sha256_hex(artifact.read_bytes()), key))

@@ -21,6 +21,7 @@ from modelstore import defaults
 from modelstore.db import ModelEvaluationDB, default_actor
 from modelstore.engine import redact_url
 from modelstore.errors import InvalidInput
+from modelstore.formats import PICKLE_FORMATS
 from modelstore.promotion import PromotionResult
 from modelstore.settings import Settings
 from producer import payloads, transport
@@ -165,28 +166,39 @@ class PredqClient:
     def register_model(self, artifact: object | str | Path, model_type: str, run_id: str,
                        metrics: Mapping[str, float] | None = None, promote: bool = False,
                        model: str = DEFAULT_MODEL, version: str | None = None,
-                       direct: bool | None = None, timeout: float = 300.0) -> str:
-        """Store a model (an object, or a joblib file path) and return its version.
+                       direct: bool | None = None, timeout: float = 300.0,
+                       format: str | None = None, sample: Any = None) -> str:
+        """Store a model (an object, or a joblib/skops/onnx file path); return its version.
 
         direct=True writes to the database from here; False sends `predq.store_model`
         (a path when workers share this filesystem, else base64 under the size cap);
-        None sends the task when the artifact can travel and writes directly otherwise.
+        None sends the task when the artifact can travel and the workers will take it
+        (skops, onnx, or joblib signed with PREDQ_SIGNING_KEY), and writes directly otherwise.
+        `format`: joblib (default for objects; signed with PREDQ_SIGNING_KEY when set,
+        which workers require for pickle), skops (needs no key), or onnx (converts the
+        model with skl2onnx and checks parity on `sample`, a DataFrame of input rows).
+        A file's format defaults to what its bytes are.
         """
         clean = payloads.check_metrics(metrics)
+        fmt = payloads.artifact_format(artifact, format)
+        if direct is None and fmt in PICKLE_FORMATS and self.settings.signing_key is None:
+            # Workers refuse unsigned pickle from the broker; the database is trusted.
+            direct = True
         if direct:
             return self._store_direct(artifact, model_type, run_id, clean, promote, model,
-                                      version)
-        with transport.artifact_for_task(artifact, self.settings) as payload:
+                                      version, fmt, sample)
+        with transport.artifact_for_task(artifact, self.settings, fmt, sample) as payload:
             if payload is None and direct is None:
                 return self._store_direct(artifact, model_type, run_id, clean, promote,
-                                          model, version)
+                                          model, version, fmt, sample)
             if payload is None:
                 raise InvalidInput(transport.too_big_message(artifact, self.settings))
             kwargs = {"artifact_path": payload.artifact_path,
                       "artifact_b64": payload.artifact_b64, "model_type": model_type,
                       "run_id": run_id, "metrics": clean, "model": model, "version": version,
                       "promote": promote, "feature_schema": payload.feature_schema,
-                      "signature": transport.upload_signature(payload, self.settings)}
+                      "signature": transport.upload_signature(payload, self.settings),
+                      "format": fmt}
             value = self._wait(self._send(STORE_MODEL, kwargs), timeout,
                                f"store_model run_id={run_id!r}")
         if isinstance(value, dict) and value.get("error"):
@@ -197,14 +209,15 @@ class PredqClient:
 
     def _store_direct(self, artifact: object, model_type: str, run_id: str,
                       metrics: dict[str, float], promote: bool, model: str,
-                      version: str | None) -> str:
-        data, feature_schema = payloads.artifact_bytes(artifact)
+                      version: str | None, fmt: str, sample: Any) -> str:
+        data, feature_schema = payloads.artifact_bytes(artifact, fmt, sample)
         # The seed's own columns too, so `list_models()` shows them as the seed guide does.
         stored = self.db.store_model(run_id, version, model_type, data,
                                      accuracy=metrics.get("accuracy"), rmse=metrics.get("rmse"),
                                      r2=metrics.get("r2"), metrics=metrics,
                                      is_production=promote, model_name=model,
-                                     feature_schema=feature_schema, describe=False)
+                                     feature_schema=feature_schema, describe=False,
+                                     serialization_format=fmt)
         return stored.model_version
 
     # -- ops ------------------------------------------------------------------------------

@@ -142,10 +142,11 @@ def _register_v1(console: Console, client: PredqClient, cfg: DemoConfig) -> str:
 
 def _register_v2(console: Console, client: PredqClient, cfg: DemoConfig) -> str:
     console.print("[bold]6.[/] training v2 (40 trees, deeper) and registering it through "
-                  "the predq.store_model task")
+                  "the predq.store_model task as skops (the broker is not trusted with pickle)")
     pipe, metrics = train_demo_model(seed=2, n_estimators=40, max_depth=12)
     version = client.register_model(pipe, "RandomForest", run_id=f"demo-v2-{time.time_ns()}",
-                                    metrics=metrics, model=cfg.model_name, timeout=120.0)
+                                    metrics=metrics, model=cfg.model_name, timeout=120.0,
+                                    format="skops")
     console.print(f"   registered v2 = [cyan]{version}[/] (holdout RMSE "
                   f"{metrics['rmse']:,.0f})")
     return version

@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from modelstore import artifacts
-from modelstore.errors import InvalidInput
+from modelstore import artifacts, formats
+from modelstore.errors import ArtifactError, InvalidInput
 
 Row = dict[str, Any]
 
@@ -96,31 +96,77 @@ class ArtifactPayload:
     artifact_b64: str | None
     feature_schema: dict[str, Any] | None
     size_bytes: int
+    format: str = formats.FORMAT_JOBLIB
 
 
-def artifact_bytes(artifact: object) -> tuple[bytes, dict[str, Any] | None]:
-    """Serialized bytes and the feature schema of an artifact object or a joblib file.
+def artifact_format(artifact: object, fmt: str | None) -> str:
+    """The upload's format: as given, else what a file's bytes are, else joblib."""
+    if fmt is not None:
+        return formats.check_format(fmt)
+    if isinstance(artifact, str | Path):
+        try:
+            with Path(artifact).open("rb") as fh:
+                head = fh.read(8)
+        except OSError as exc:
+            raise InvalidInput(f"artifact {artifact}: cannot read it: {exc.strerror}") from exc
+        return formats.sniff(head) or formats.FORMAT_JOBLIB
+    return formats.FORMAT_JOBLIB
 
-    A file is loaded once to describe its inputs: it is the caller's own model, about to be
-    served (and so unpickled) by the workers anyway.
+
+def artifact_bytes(artifact: object, fmt: str = formats.FORMAT_JOBLIB,
+                   sample: Any = None) -> tuple[bytes, dict[str, Any] | None]:
+    """Serialized bytes and the feature schema of an artifact object or a file.
+
+    Registration refuses what cannot serve: a file is loaded once here (it is the caller's
+    own model, about to be served by the workers anyway) and must be a model with predict.
+    An object converted to ONNX must predict like the original on `sample`.
     """
     if isinstance(artifact, str | Path):
         path = Path(artifact)
-        data = path.read_bytes()
-        return data, describe_file(path)
-    return artifacts.serialize(artifact), artifacts.describe_features(artifact)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"artifact {path}: cannot read it: {exc.strerror}") from exc
+        return data, describe_bytes(data, fmt, str(path))
+    if not formats.has_predict(artifact):
+        raise InvalidInput(f"artifact: a {type(artifact).__name__} is not a model (no predict "
+                           "method; expected an estimator, a Pipeline or the seed's dict)")
+    if fmt == formats.FORMAT_ONNX:
+        from modelstore import onnxmodel
+
+        if sample is None:
+            raise InvalidInput("sample: format='onnx' needs a sample of input rows (the "
+                               "DataFrame or array the model takes) to convert the model and "
+                               "check that ONNX predicts like scikit-learn")
+        data = onnxmodel.convert(artifact, sample)
+        onnxmodel.check_parity(artifact, data, sample)
+        return data, artifacts.describe_features(artifact)
+    return artifacts.serialize(artifact, fmt), artifacts.describe_features(artifact)
 
 
-def describe_file(path: Path) -> dict[str, Any] | None:
-    import pickle
-
-    import joblib
-
+def describe_bytes(data: bytes, fmt: str, label: str) -> dict[str, Any] | None:
+    """Load the caller's own artifact once: one-line errors for a corrupt or wrong file."""
+    formats.check_bytes_match(data, fmt, f"artifact {label}")
     try:
-        return artifacts.describe_features(joblib.load(path))
-    except (OSError, ValueError, EOFError, ImportError, AttributeError,
-            pickle.UnpicklingError) as exc:
-        raise InvalidInput(f"artifact {path}: not a joblib file: {exc}") from exc
+        obj = formats.loads(data, fmt, label)
+    except ArtifactError as exc:
+        raise InvalidInput(str(exc)) from exc
+    except Exception as exc:  # re-raised as ours: corrupt pickle raises any type
+        raise InvalidInput(f"artifact {label}: not a loadable {fmt} file (corrupt or "
+                           f"truncated?): {type(exc).__name__}: {str(exc)[:120]}") from exc
+    try:
+        formats.check_servable(obj, None, label)
+    except ArtifactError as exc:
+        raise InvalidInput(str(exc)) from exc
+    return artifacts.describe_features(obj)
+
+
+def describe_file(path: Path, fmt: str | None = None) -> dict[str, Any] | None:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"artifact {path}: cannot read it: {exc.strerror}") from exc
+    return describe_bytes(data, artifact_format(path, fmt), str(path))
 
 
 def encode_b64(data: bytes, cap: int) -> str | None:

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from modelstore import artifacts
 from modelstore.engine import redact_url
+from modelstore.formats import FORMAT_JOBLIB, PICKLE_FORMATS
 from modelstore.settings import Settings
 from producer import payloads
 from producer.errors import BrokerUnavailable
@@ -59,7 +60,8 @@ def workers_share_filesystem(settings: Settings) -> bool:
 
 
 @contextmanager
-def artifact_for_task(artifact: object, settings: Settings) -> Iterator[ArtifactPayload | None]:
+def artifact_for_task(artifact: object, settings: Settings, fmt: str = FORMAT_JOBLIB,
+                      sample: Any = None) -> Iterator[ArtifactPayload | None]:
     """The store_model payload for an artifact, or None when it cannot travel by task.
 
     A file goes by path when workers share the filesystem, else as base64 under the cap.
@@ -72,16 +74,16 @@ def artifact_for_task(artifact: object, settings: Settings) -> Iterator[Artifact
         path = Path(artifact).resolve()
         if not path.is_file():
             raise FileNotFoundError(f"artifact {path}: no such file")
-        yield ArtifactPayload(str(path), None, payloads.describe_file(path),
-                              path.stat().st_size)
+        yield ArtifactPayload(str(path), None, payloads.describe_file(path, fmt),
+                              path.stat().st_size, fmt)
         return
-    data, schema = payloads.artifact_bytes(artifact)
+    data, schema = payloads.artifact_bytes(artifact, fmt, sample)
     encoded = payloads.encode_b64(data, cap)
     if encoded is not None:
-        yield ArtifactPayload(None, encoded, schema, len(data))
+        yield ArtifactPayload(None, encoded, schema, len(data), fmt)
     elif shared:
         with _temporary_file(settings.model_dir / "incoming", data) as path:
-            yield ArtifactPayload(str(path), None, schema, len(data))
+            yield ArtifactPayload(str(path), None, schema, len(data), fmt)
     else:
         yield None
 
@@ -107,9 +109,9 @@ def too_big_message(artifact: object, settings: Settings) -> str:
 
 
 def upload_signature(payload: ArtifactPayload, settings: Settings) -> str | None:
-    """The artifact's HMAC when this pipeline holds PREDQ_SIGNING_KEY: workers with the
-    key refuse unsigned uploads."""
-    if settings.signing_key is None:
+    """The artifact's HMAC (first key of the ring) when this pipeline holds
+    PREDQ_SIGNING_KEY and the format is pickle-based: workers refuse unsigned pickle."""
+    if settings.signing_key is None or payload.format not in PICKLE_FORMATS:
         return None
     if payload.artifact_path is not None:
         data = Path(payload.artifact_path).read_bytes()

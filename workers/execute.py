@@ -48,6 +48,9 @@ class ServingModel:
         def slow(rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
             return inference.predict_frame(artifact, to_frame(rows, spec))  # type: ignore[arg-type]
 
+        from_rows = getattr(artifact, "predict_rows", None)
+        if callable(from_rows):  # ONNX (modelstore.onnxmodel): feeds built from the rows
+            return cls(loaded, spec, generation, from_rows)
         return cls(loaded, spec, generation, compile_predictor(artifact, slow))
 
 

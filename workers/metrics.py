@@ -7,7 +7,8 @@ What is measured (all names start with `predq_`):
 - batch size and batch latency histograms (`model`), per micro-batch or batch task;
 - per serving process: current generation and version, the promote -> switch lag per
   generation (the last few generations), a switch-lag histogram and model load times;
-- quality-gate verdicts: the live MAE it last saw and the rollbacks it made.
+- quality-gate verdicts: the live MAE it last saw and the rollbacks it made;
+- production artifacts refused (`predq_artifact_refused`, `model`): once per generation.
 
 Metric objects are built on first use (never at import) in a registry of their own. The
 record functions are the hot path: one dict lookup, then prometheus_client's own lock.
@@ -127,6 +128,9 @@ class PredqMetrics:
         self.unknown_names = Gauge("predq_unknown_model_names", "Model names this process "
                                    "remembers as unknown or unavailable", registry=r,
                                    multiprocess_mode="liveall")
+        self.refused = Counter("predq_artifact_refused", "Production artifacts this process "
+                               "refused to serve (counted once per generation)", ["model"],
+                               registry=r)
 
     def batch_children(self, model: str, version: str) -> _BatchChildren:
         key = (model, version)
@@ -296,6 +300,10 @@ def observe_gate(model: str, version: str, mae: float | None) -> None:
 
 def observe_gate_rollback(model: str) -> None:
     get_metrics().gate_rollbacks.labels(model).inc()
+
+
+def observe_refused(model: str) -> None:
+    get_metrics().refused.labels(model).inc()
 
 
 # -- serving ----------------------------------------------------------------------------------

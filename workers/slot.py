@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from modelstore import blobs, promotion
+from modelstore import blobs, formats, promotion
 from modelstore.engine import translate_errors
 from modelstore.errors import (
     DatabaseUnavailable,
@@ -123,7 +123,13 @@ class ModelSlot:
             return False
         try:
             loaded = self.loader.load_meta(meta, pointer.generation)
+            # Loads but cannot serve (e.g. a dict of weights): refused once, with a reason,
+            # rather than a traceback at every poll.
+            formats.check_servable(loaded.artifact, None,
+                                   f"{self.name}@{meta.model_version}")
         except PredqError:
+            if self._refused != key:
+                metrics.observe_refused(self.name)
             self._refused = key
             raise
         self._swap(ServingModel.wrap(loaded, pointer.generation), promoted_at)

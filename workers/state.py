@@ -106,7 +106,8 @@ class ServingState:
     def _new_loader(self, name: str) -> ModelLoader:
         s = self.settings
         return ModelLoader(s.database_url, s.model_dir, model_name=name,
-                           signing_key=s.signing_key, cache_dir=s.artifact_cache_dir,
+                           signing_key=s.signing_key, skops_trusted=s.skops_trusted,
+                           cache_dir=s.artifact_cache_dir,
                            connect_timeout_s=s.connect_timeout_s,
                            memory_cache_size=s.model_cache_size)
 

@@ -16,6 +16,7 @@ import joblib
 import pandas as pd
 import pytest
 
+from modelstore import formats
 from modelstore.settings import Settings
 from producer.client import PredqClient
 from producer.sample import FEATURES, TARGET, make_cars, train_pipeline
@@ -104,7 +105,10 @@ def test_register_promote_serving_shows_the_new_version_on_every_process(
         before = json.loads(predq(env, "serving", "--json", "--model", "default"))
         assert {r["version"] for r in before} == {v1} and len(before) == 2
 
-        out = predq(env, "register", str(v2_path), "--model-type", "RandomForest",
+        # Through the broker as skops: workers without a key refuse unsigned pickle.
+        v2_skops = tmp_path / "v2.skops"
+        v2_skops.write_bytes(formats.dumps(joblib.load(v2_path), formats.FORMAT_SKOPS))
+        out = predq(env, "register", str(v2_skops), "--model-type", "RandomForest",
                     "--run-id", "run-v2", "--via-workers")
         v2 = out.split(" version ")[1].split()[0]
         assert v2 != v1

@@ -130,3 +130,11 @@ def test_redis_keeps_queued_tasks_and_needs_a_password(compose: dict[str, Any]) 
         env = compose["services"][svc]["environment"]
         for key in ("PREDQ_BROKER_URL", "PREDQ_RESULT_BACKEND"):
             assert env[key].startswith("redis://:${REDIS_PASSWORD:?"), (svc, key)
+def test_postgres_password_comes_from_the_environment_with_no_default(
+        compose: dict[str, Any]) -> None:
+    """Issue 10: no well-known password; compose refuses to start without one."""
+    required = "${POSTGRES_PASSWORD:?"
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(
+        required)
+    url = compose["x-predq-env"]["DATABASE_URL"]
+    assert f"postgres:{required}" in url and ":-" not in url

@@ -12,6 +12,7 @@ import joblib
 import pandas as pd
 import pytest
 
+from modelstore import artifacts
 from modelstore.db import ModelEvaluationDB
 from modelstore.errors import InvalidInput
 from modelstore.settings import Settings
@@ -177,7 +178,8 @@ def store_ok(kwargs: dict[str, Any]) -> dict[str, Any]:
 def test_register_object_travels_as_base64_with_its_feature_schema(small_model: Any) -> None:
     app = StubApp(tasks={"predq.store_model": store_ok})
     version = client_with(app).register_model(small_model, "RandomForest", "run-1",
-                                              metrics={"rmse": 12.5}, version="v7")
+                                              metrics={"rmse": 12.5}, version="v7",
+                                              direct=False)
     kwargs = app.sent[0].kwargs
     assert version == "v7" and kwargs["artifact_path"] is None
     restored = joblib.load(io.BytesIO(base64.b64decode(kwargs["artifact_b64"])))
@@ -194,11 +196,11 @@ def test_register_file_goes_by_path_when_workers_share_the_filesystem(
     joblib.dump(small_model, path)
     app = StubApp(tasks={"predq.store_model": store_ok})
     monkeypatch.setenv("PREDQ_SHARED_ARTIFACT_PATHS", "1")
-    client_with(app).register_model(path, "RandomForest", "run-1")
+    client_with(app).register_model(path, "RandomForest", "run-1", direct=False)
     assert app.sent[0].kwargs["artifact_path"] == str(path.resolve())
     assert app.sent[0].kwargs["artifact_b64"] is None
     monkeypatch.setenv("PREDQ_SHARED_ARTIFACT_PATHS", "0")
-    client_with(app).register_model(path, "RandomForest", "run-2")
+    client_with(app).register_model(path, "RandomForest", "run-2", direct=False)
     assert app.sent[1].kwargs["artifact_path"] is None
     assert base64.b64decode(app.sent[1].kwargs["artifact_b64"]) == path.read_bytes()
 
@@ -225,7 +227,7 @@ def test_register_auto_falls_back_to_a_direct_write_when_too_big(
 def test_register_worker_refusal_raises_its_message(small_model: Any) -> None:
     app = StubApp(tasks={"predq.store_model": lambda kw: {"error": "run_id: taken"}})
     with pytest.raises(RequestRejected, match="store_model run_id='r': run_id: taken"):
-        client_with(app).register_model(small_model, "RandomForest", "r")
+        client_with(app).register_model(small_model, "RandomForest", "r", direct=False)
 
 
 def test_register_rejects_non_finite_metrics_before_sending(small_model: Any) -> None:
@@ -390,3 +392,25 @@ def test_close_closes_only_an_app_the_client_built() -> None:
 def test_construction_builds_no_app_and_opens_no_connection() -> None:
     client = PredqClient(settings_for(PREDQ_BROKER_URL="redis://127.0.0.1:1/0"))
     assert client._app is None and client._db is None
+
+
+def test_register_auto_writes_unsigned_pickle_directly_and_sends_the_rest(
+        small_model: Any, sqlite_url: str) -> None:
+    """Workers refuse unsigned pickle from the broker: without a key, the default route
+    for joblib is the (trusted) database; skops travels by task, and so does joblib signed
+    with the pipeline's key (first key of the ring)."""
+    app = StubApp(tasks={"predq.store_model": store_ok})
+    client = client_with(app, settings_for(sqlite_url))
+    version = client.register_model(small_model, "RandomForest", "run-j")
+    assert app.sent == [] and ModelEvaluationDB(sqlite_url).get_model(version) is not None
+    client.register_model(small_model, "RandomForest", "run-s", format="skops")
+    sent = app.sent[0].kwargs
+    assert sent["format"] == "skops" and sent["signature"] is None
+    assert base64.b64decode(sent["artifact_b64"])[:2] == b"PK"
+    keyed = StubApp(tasks={"predq.store_model": store_ok})
+    client_with(keyed, settings_for(sqlite_url, PREDQ_SIGNING_KEY="new,old")).register_model(
+        small_model, "RandomForest", "run-k")
+    signed = keyed.sent[0].kwargs
+    data = base64.b64decode(signed["artifact_b64"])
+    assert signed["format"] == "joblib"
+    assert signed["signature"] == artifacts.sign(artifacts.sha256_hex(data), b"new")
