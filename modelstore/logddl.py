@@ -80,7 +80,7 @@ def _sqlite_upsert(row: str, sign: str, times: bool) -> str:
     INSERT INTO model_prediction_rollups (model_name, model_version, role, hour, predictions,
         labelled, sum_predicted, sum_abs_error, sum_sq_error, first_time, last_time)
     VALUES ({row}.model_name, {row}.model_version, {row}.role,
-        strftime('%Y-%m-%d %H:00:00', {row}.prediction_time), {sign}1,
+        strftime('%Y-%m-%d %H:00:00.000000', {row}.prediction_time), {sign}1,
         {sign}({row}.actual_value IS NOT NULL), {sign}{row}.predicted_value,
         {sign}COALESCE(ABS({err}), 0), {sign}COALESCE({err} * {err}, 0), {first}, {first})
     ON CONFLICT (model_name, model_version, role, hour) DO UPDATE SET
