@@ -202,6 +202,8 @@ def prune(engine: Engine, older_than: timedelta, grain: str, *, force: bool = Fa
         try:
             with engine.begin() as conn:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+                if not any(p.name == part.name for p in list_partitions(conn)):
+                    continue  # another process dropped it meanwhile
                 conn.exec_driver_sql(
                     f"SET LOCAL lock_timeout = {defaults.PRUNE_LOCK_TIMEOUT_MS}")
                 conn.exec_driver_sql(f"ALTER TABLE model_predictions DETACH PARTITION "
