@@ -16,7 +16,7 @@ from modelstore import ModelEvaluationDB, migrate
 from modelstore.errors import SchemaError
 from tests.support.db import fetch
 
-SCHEMA_V1 = Path(__file__).resolve().parents[1] / "support" / "schema_v1.sql"
+SCHEMA_V1 = Path(__file__).resolve().parents[2] / "sql" / "legacy_schema_v1.sql"
 # Sums rounded: a float sum in another row order differs in its last bits.
 FIGURES = ("SELECT model_version, count(*), count(actual_value), "
            "round(sum(predicted_value)::numeric, 9), "
