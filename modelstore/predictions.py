@@ -263,6 +263,11 @@ def _pg_backfill(conn: Connection, actuals: Mapping[str, float]) -> set[str]:
            "actual_time = CURRENT_TIMESTAMP FROM (VALUES %s) AS v(request_id, actual) "
            "WHERE p.request_id = v.request_id RETURNING p.request_id")
     with _raw_cursor(conn) as cur:
+        # An index probe per request_id in each partition: its cost follows the partition
+        # count, not the log's size. Left alone the planner hashes the ids and scans every
+        # partition whole (0.8 s for 10,000 ids at 300,000 rows, growing with the rows).
+        cur.execute("SET LOCAL enable_hashjoin = off")
+        cur.execute("SET LOCAL enable_mergejoin = off")
         rows = execute_values(cur, sql, list(actuals.items()), template="(%s, %s::float8)",
                               page_size=5000, fetch=True)
     return {r[0] for r in rows}

@@ -154,19 +154,24 @@ def refresh(engine: Engine) -> int:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("LOCK TABLE model_predictions IN SHARE MODE")
-        pruned = conn.execute(select(schema.log_state.c.pruned_before)
-                              .where(schema.log_state.c.id == 1)).scalar()
-        pruned = datetime.fromisoformat(pruned) if isinstance(pruned, str) else pruned
-        cleared = R.delete()
-        if pruned is not None:
-            cleared = cleared.where(R.c.hour >= pruned)
-        conn.execute(cleared)
-        hour = _hour(conn, P.c.prediction_time)
-        source = select(P.c.model_name, P.c.model_version, P.c.role, hour,
-                        *_raw_aggregates(conn)).group_by(
-            P.c.model_name, P.c.model_version, P.c.role, hour)
-        if pruned is not None:
-            source = source.where(P.c.prediction_time >= pruned)
-        columns = ["model_name", "model_version", "role", "hour", *_SUMS,
-                   "first_time", "last_time"]
-        return int(conn.execute(R.insert().from_select(columns, source)).rowcount or 0)
+        return rebuild(conn)
+
+
+def rebuild(conn: Connection) -> int:
+    """refresh() in the caller's transaction (which holds the log still)."""
+    pruned = conn.execute(select(schema.log_state.c.pruned_before)
+                          .where(schema.log_state.c.id == 1)).scalar()
+    pruned = datetime.fromisoformat(pruned) if isinstance(pruned, str) else pruned
+    cleared = R.delete()
+    if pruned is not None:
+        cleared = cleared.where(R.c.hour >= pruned)
+    conn.execute(cleared)
+    hour = _hour(conn, P.c.prediction_time)
+    source = select(P.c.model_name, P.c.model_version, P.c.role, hour,
+                    *_raw_aggregates(conn)).group_by(
+        P.c.model_name, P.c.model_version, P.c.role, hour)
+    if pruned is not None:
+        source = source.where(P.c.prediction_time >= pruned)
+    columns = ["model_name", "model_version", "role", "hour", *_SUMS,
+               "first_time", "last_time"]
+    return int(conn.execute(R.insert().from_select(columns, source)).rowcount or 0)
