@@ -9,8 +9,9 @@ moved past
 the highest id, and the old table is dropped.
 
 Lock and time: the RENAME takes an ACCESS EXCLUSIVE lock on the old table until the
-upgrade commits, so writers wait (and workers spool) for the whole copy; about
-2-3 s per million rows on this project's 2-core machine (bench/log_bench.py measures it).
+upgrade commits, so writers wait (and workers spool) for the whole copy: 33 s per million
+rows on this project's shared 2-core machine under a load average of 11
+(bench/log_bench.py measures it; an idle machine does better).
 """
 
 from __future__ import annotations
