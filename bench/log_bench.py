@@ -10,7 +10,8 @@ In one run, on fresh databases (dropped at the end), it prints:
   * `prediction_stats()` (rollups) against the full-scan aggregate it replaced, both on
     `--rows` rows over `--days` days, and whether their figures agree;
   * the time to drop one day's partition (`predq db prune`);
-  * the time to backfill 10,000 actuals by request_id at 1M rows and at `--rows` rows;
+  * the time to backfill 10,000 actuals by request_id at 1M rows and at `--rows` rows,
+    both spread over the same `--days` days (the same partitions);
   * `predq db upgrade` of a predq 1 log of `--upgrade-rows` rows: seconds per million.
 TEST_DATABASE_URL overrides the server URL.
 """
@@ -106,19 +107,19 @@ def writer_rates(part_url: str, plain_url: str, batches: int, rounds: int) -> No
         print(f"  {name:22s} {_summary(values)}  {statistics.median(values) / base:.2f}x plain")
 
 
-def fill(url: str, lo: int, hi: int, per_day: int) -> float:
-    """Rows lo..hi of the synthetic log, `per_day` a day from START; returns seconds."""
+def fill(url: str, lo: int, hi: int, days: int) -> float:
+    """Rows lo..hi of the synthetic log, spread evenly over `days` days from START (so a
+    small log and a large one have the same partitions); returns seconds."""
     engine = get_engine(url)
-    step = 86400.0 / per_day
+    step = days * 86400.0 / (hi - lo)
     started = time.perf_counter()
     with engine.begin() as conn:
-        partitions.create_range(conn, START + timedelta(seconds=lo * step),
-                                START + timedelta(seconds=hi * step), "day")
+        partitions.create_range(conn, START, START + timedelta(days=days), "day")
     for a in range(lo, hi, 500_000):
         b = min(hi, a + 500_000)
         with engine.begin() as conn:
-            conn.exec_driver_sql(FILL, {"start": START + timedelta(seconds=a * step), "lo": a,
-                                        "hi": b, "step": step})
+            conn.exec_driver_sql(FILL, {"start": START + timedelta(seconds=(a - lo) * step),
+                                        "lo": a, "hi": b, "step": step})
     return time.perf_counter() - started
 
 
@@ -145,9 +146,10 @@ def main() -> None:
 
         db = ModelEvaluationDB(part_url)
         small = min(1_000_000, args.rows)
-        print(f"\nfill to {small:,} rows: {fill(part_url, 0, small, per_day):.1f} s")
+        print(f"\nfill to {small:,} rows over {args.days} days: "
+              f"{fill(part_url, 0, small, args.days):.1f} s")
         small_rate = statistics.median(backfill_rate(db, small, rng) for _ in range(3))
-        seconds = fill(part_url, small, args.rows, per_day)
+        seconds = fill(part_url, small, args.rows, args.days)
         print(f"fill to {args.rows:,} rows over {args.days} days: +{seconds:.1f} s")
         with db.engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE model_predictions")
