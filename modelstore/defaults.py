@@ -6,6 +6,7 @@ DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@localhost:5433/postgres"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_MODEL_DIR = "./models"
 DEFAULT_MODEL_NAME = "default"
+DEFAULT_ROLE = "production"
 DEFAULT_QUEUE = "predq"
 FILESYSTEM_BROKER_DIR = "./.predq-broker"
 
@@ -53,6 +54,21 @@ QUALITY_GATE_MIN_ROWS = 200
 QUALITY_GATE_INTERVAL_S = 5.0
 """How often a worker's quality gate re-checks the production versions."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the partitioned log (bigint ids, role, rollups); `predq db upgrade` migrates 1."""
+LOG_PARTITION = "day"
+"""PREDQ_LOG_PARTITION: the prediction log's partition grain, day, week or month."""
+LOG_PARTITIONS_AHEAD = 7
+"""PREDQ_LOG_PARTITIONS_AHEAD: partitions kept created beyond the current one."""
+LOG_RETENTION_DAYS = 0
+"""PREDQ_LOG_RETENTION_DAYS: workers drop partitions older than this; 0 keeps everything."""
+LOG_MAINTENANCE_INTERVAL_S = 3600.0
+"""How often a worker's maintenance thread creates partitions ahead (and prunes)."""
+LOOSE_DEDUP_WINDOW_S = 86_400
+"""A row whose time the worker chose (no request_time from the client) is deduplicated
+against rows of its (request_id, version) this close in time, across partitions."""
+PRUNE_LOCK_TIMEOUT_MS = 2_000
+"""How long a partition drop waits for its brief lock before giving up (writers queue
+behind a waiting ACCESS EXCLUSIVE request, so it must be short)."""
 COPY_THRESHOLD_ROWS = 200
 """Below this many rows a multi-row VALUES insert beats COPY into a temp table."""

@@ -149,7 +149,7 @@ def ensure_schema(engine: Engine) -> None:
                 f"database {redact_url(str(engine.url))} has tables {sorted(overlap)} from an "
                 f"older schema (no predq_schema table); run `{UPGRADE_COMMAND}` to migrate it"
             )
-        schema.metadata.create_all(conn)
+        schema.create_all(conn)
         conn.execute(schema.schema_info.insert().values(version=defaults.SCHEMA_VERSION))
         log.info("created predq schema v%d in %s", defaults.SCHEMA_VERSION,
                  redact_url(str(engine.url)))

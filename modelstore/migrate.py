@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Table, func, inspect, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import AddConstraint, CreateColumn, UniqueConstraint
 
-from modelstore import artifacts, defaults, schema
+from modelstore import artifacts, defaults, log_upgrade, schema
 from modelstore.engine import (
     SCHEMA_LOCK_KEY,
     get_engine,
@@ -42,7 +42,8 @@ _SEED_METRICS = (("accuracy", A.c.accuracy_score), ("rmse", A.c.rmse_score),
 
 
 def upgrade(database_url: str, *, signing_key: artifacts.Keys = None,
-            connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S) -> list[str]:
+            connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S,
+            grain: str = defaults.LOG_PARTITION) -> list[str]:
     """Migrate the database at `database_url`; returns the steps applied ([] if none).
 
     Artifacts stored without a SHA-256 get one computed from their bytes as they are now:
@@ -58,34 +59,49 @@ def upgrade(database_url: str, *, signing_key: artifacts.Keys = None,
             engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-        steps = _upgrade(conn, signing_key)
+        steps = _upgrade(conn, signing_key, grain)
     for step in steps:
         log.info("upgrade of %s: %s", redact_url(database_url), step)
     return steps
 
 
-def _upgrade(conn: Connection, signing_key: artifacts.Keys) -> list[str]:
+def _upgrade(conn: Connection, signing_key: artifacts.Keys, grain: str) -> list[str]:
     existing = set(inspect(conn).get_table_names())
-    if schema.schema_info.name in existing and _recorded_version(conn) is not None:
+    recorded = _recorded_version(conn) if schema.schema_info.name in existing else None
+    if recorded == defaults.SCHEMA_VERSION:
         return []
+    if recorded is not None:  # 1: everything but the log is current
+        return (_create_missing(conn, existing) + log_upgrade.rebuild(conn, grain)
+                + _record_version(conn))
     _check_seed_tables(conn, existing)
     if A.name in existing:
         _check_production_flags(conn)
         _check_versions_unique(conn)
     steps: list[str] = []
     for table in schema.metadata.sorted_tables:
-        if table.name in existing:
+        if table.name in existing and table is not schema.model_predictions:
             steps += _add_columns(conn, table)
             steps += _add_unique_constraints(conn, table)
-        else:
-            table.create(conn)  # with its indexes (and, on Postgres, the blob's storage)
-            steps.append(f"created table {table.name}")
+    steps += _create_missing(conn, existing)
     steps += _add_indexes(conn)
+    steps += log_upgrade.rebuild(conn, grain)
     if A.name in existing:
         steps += _legacy_artifacts(conn, signing_key)
-    conn.execute(schema.schema_info.insert().values(version=defaults.SCHEMA_VERSION))
-    steps.append(f"recorded predq schema version {defaults.SCHEMA_VERSION}")
+    return steps + _record_version(conn)
+
+
+def _create_missing(conn: Connection, existing: set[str]) -> list[str]:
+    steps = []
+    for table in schema.metadata.sorted_tables:
+        if table.name not in existing and table is not schema.model_predictions:
+            table.create(conn)  # with its indexes (and, on Postgres, the blob's storage)
+            steps.append(f"created table {table.name}")
     return steps
+
+
+def _record_version(conn: Connection) -> list[str]:
+    conn.execute(schema.schema_info.insert().values(version=defaults.SCHEMA_VERSION))
+    return [f"recorded predq schema version {defaults.SCHEMA_VERSION}"]
 
 
 def _legacy_artifacts(conn: Connection, signing_key: artifacts.Keys) -> list[str]:
@@ -99,7 +115,7 @@ def _recorded_version(conn: Connection) -> int | None:
     if found is not None and found > defaults.SCHEMA_VERSION:
         raise SchemaError(f"database has predq schema version {found}, newer than this "
                           f"predq's {defaults.SCHEMA_VERSION}; upgrade predq instead")
-    if found is not None and found < defaults.SCHEMA_VERSION:
+    if found is not None and found < 1:
         raise SchemaError(f"database has predq schema version {found}, which this predq "
                           f"cannot migrate from (it knows only {defaults.SCHEMA_VERSION})")
     return found
@@ -205,6 +221,8 @@ def _add_unique_constraints(conn: Connection, table: Table) -> list[str]:
 def _add_indexes(conn: Connection) -> list[str]:
     steps = []
     for table in schema.metadata.sorted_tables:
+        if table is schema.model_predictions:  # rebuilt with its own (log_upgrade.py)
+            continue
         have = {i["name"] for i in inspect(conn).get_indexes(table.name)}
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             if index.name not in have:

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from modelstore.defaults import COPY_THRESHOLD_ROWS
+from modelstore.defaults import COPY_THRESHOLD_ROWS, LOOSE_DEDUP_WINDOW_S
 
 log = logging.getLogger(__name__)
 
@@ -37,37 +37,58 @@ RECYCLE_S = 1800.0
 pool_recycle), before a server or proxy idle timeout can turn it into a failed write."""
 
 COLUMNS = ("request_id", "model_name", "model_version", "model_sha256", "input_features",
-           "predicted_value", "confidence_score", "actual_value", "prediction_time")
+           "predicted_value", "confidence_score", "actual_value", "role", "prediction_time")
+"""The logged columns, in tuple order; a tuple carries one more item, `loose` (see below)."""
+_COLS = ", ".join(COLUMNS)
+_CONFLICT = "ON CONFLICT (request_id, model_version, prediction_time) DO NOTHING"
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS predq_prediction_stage (
     request_id VARCHAR(128), model_name VARCHAR(100), model_version VARCHAR(50),
     model_sha256 VARCHAR(64), input_features JSONB, predicted_value FLOAT8,
-    confidence_score FLOAT8, actual_value FLOAT8, prediction_time TIMESTAMPTZ
+    confidence_score FLOAT8, actual_value FLOAT8, role VARCHAR(16),
+    prediction_time TIMESTAMP, loose BOOLEAN
 ) ON COMMIT DELETE ROWS
 """
-_STAGE_INSERT = f"""
-INSERT INTO model_predictions ({", ".join(COLUMNS)})
-SELECT request_id, model_name, model_version, model_sha256, input_features, predicted_value,
-       confidence_score, actual_value, COALESCE(prediction_time, CURRENT_TIMESTAMP)
-FROM predq_prediction_stage
-ON CONFLICT (request_id) DO NOTHING
+# A loose row's time was chosen by whoever logged it (a raw client sent no request_time),
+# so a redelivery carries another time, maybe in the next partition: the unique index
+# cannot see it. It is skipped when its (request_id, version) is logged within
+# LOOSE_DEDUP_WINDOW_S of it, a probe of the dedup index in the partitions that range spans.
+_DEDUP_SELECT = f"""
+SELECT DISTINCT ON (s.request_id, s.model_version) {", ".join("s." + c for c in COLUMNS)}
+FROM {{source}} AS s{{names}}
+WHERE NOT (s.loose AND EXISTS (
+    SELECT 1 FROM model_predictions AS p
+    WHERE p.request_id = s.request_id AND p.model_version = s.model_version
+      AND p.prediction_time >= s.prediction_time - make_interval(secs => {{window}})
+      AND p.prediction_time <= s.prediction_time + make_interval(secs => {{window}})))
+ORDER BY s.request_id, s.model_version, s.prediction_time
 """
-_VALUES_INSERT = f"""
-INSERT INTO model_predictions ({", ".join(COLUMNS)}) VALUES %s
-ON CONFLICT (request_id) DO NOTHING
-"""
-# prediction_time goes through timestamptz: an aware time (a spooled row's stamp) becomes
-# the session's local time, exactly as CURRENT_TIMESTAMP does for a direct write into the
-# seed's TIMESTAMP WITHOUT TIME ZONE column; a naive one is kept as given.
-_VALUES_TEMPLATE = ("(%s, %s, %s, %s, %s::jsonb, %s, %s, %s, "
-                    "COALESCE(%s::timestamptz, CURRENT_TIMESTAMP))")
+_STAGE_INSERT = (f"INSERT INTO model_predictions ({_COLS}) "
+                 f"{_DEDUP_SELECT.format(source='predq_prediction_stage', names='', window='%s')} "
+                 f"{_CONFLICT}")
+_VALUES_INSERT = f"INSERT INTO model_predictions ({_COLS}) VALUES %s {_CONFLICT}"
+_VALUES_TEMPLATE = "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s)"
+_LOOSE_VALUES_INSERT = (
+    f"INSERT INTO model_predictions ({_COLS}) "
+    + _DEDUP_SELECT.format(source="(VALUES %s)", names=f"({_COLS}, loose)",
+                           window="{window}")
+    + f" {_CONFLICT}")
+_LOOSE_VALUES_TEMPLATE = ("(%s, %s, %s, %s, %s::jsonb, %s::float8, %s::float8, %s::float8, "
+                          "%s::varchar, %s::timestamp, %s::boolean)")
 
 
-def write_tuples(dbapi_conn: Any, tuples: list[tuple[Any, ...]], info: dict[str, Any]) -> int:
-    """Insert checked row tuples (COLUMNS order) in the connection's current transaction,
-    skipping logged request_ids; returns how many were new. `info` is per connection."""
+def write_tuples(dbapi_conn: Any, tuples: list[tuple[Any, ...]], info: dict[str, Any],
+                 window_s: int = LOOSE_DEDUP_WINDOW_S) -> int:
+    """Insert checked row tuples (COLUMNS order, then `loose`) in the connection's current
+    transaction, skipping rows already logged; returns how many were new. `info` is per
+    connection."""
+    loose = any(t[-1] for t in tuples)
     if len(tuples) >= COPY_THRESHOLD_ROWS:
-        return _direct_copy(dbapi_conn, tuples) or _copy_insert(dbapi_conn, tuples, info)
+        if not loose and _direct_copy(dbapi_conn, tuples):
+            return len(tuples)
+        return _copy_insert(dbapi_conn, tuples, info, window_s)
+    if loose:
+        return _loose_values_insert(dbapi_conn, tuples, window_s)
     return _values_insert(dbapi_conn, tuples)
 
 
@@ -105,39 +126,35 @@ def _copy_text(tuples: Iterable[tuple[Any, ...]]) -> io.StringIO:
     return io.StringIO("\n".join(lines))
 
 
-def _direct_copy(dbapi_conn: Any, tuples: list[tuple[Any, ...]]) -> int:
-    """COPY straight into the log: the common case, where no request_id is logged yet.
+def _direct_copy(dbapi_conn: Any, tuples: list[tuple[Any, ...]]) -> bool:
+    """COPY straight into the log: the common case, where no row is logged yet.
 
     Runs in a savepoint; on a unique violation (a redelivered or replayed row) it rolls
-    back and returns 0, and the caller takes the staged ON CONFLICT path. Rows with an
-    explicit prediction_time (spool replays) always take the staged path.
+    back and returns False, and the caller takes the staged ON CONFLICT path.
     """
-    if any(t[-1] is not None for t in tuples):
-        return 0
     from psycopg2 import errors as pg_errors
 
     buffer = _copy_text(t[:-1] for t in tuples)
     with dbapi_conn.cursor() as cur:
         cur.execute("SAVEPOINT predq_direct_copy")
         try:
-            cur.copy_expert(f"COPY model_predictions ({', '.join(COLUMNS[:-1])}) FROM STDIN",
-                            buffer)
+            cur.copy_expert(f"COPY model_predictions ({_COLS}) FROM STDIN", buffer)
         except pg_errors.UniqueViolation:
             cur.execute("ROLLBACK TO SAVEPOINT predq_direct_copy")
-            return 0
+            return False
         cur.execute("RELEASE SAVEPOINT predq_direct_copy")
-    return len(tuples)
+    return True
 
 
-def _copy_insert(dbapi_conn: Any, tuples: list[tuple[Any, ...]], info: dict[str, Any]) -> int:
+def _copy_insert(dbapi_conn: Any, tuples: list[tuple[Any, ...]], info: dict[str, Any],
+                 window_s: int) -> int:
     buffer = _copy_text(tuples)
     with dbapi_conn.cursor() as cur:
         if not info.get("predq_stage"):
             cur.execute(_STAGE_DDL)
             info["predq_stage"] = True
-        cur.copy_expert(
-            f"COPY predq_prediction_stage ({', '.join(COLUMNS)}) FROM STDIN", buffer)
-        cur.execute(_STAGE_INSERT)
+        cur.copy_expert(f"COPY predq_prediction_stage ({_COLS}, loose) FROM STDIN", buffer)
+        cur.execute(_STAGE_INSERT, (int(window_s), int(window_s)))
         inserted = int(cur.rowcount)
         # Emptied here, not only at commit: two calls in one transaction must not mix.
         cur.execute("DELETE FROM predq_prediction_stage")
@@ -148,7 +165,17 @@ def _values_insert(dbapi_conn: Any, tuples: list[tuple[Any, ...]]) -> int:
     from psycopg2.extras import execute_values
 
     with dbapi_conn.cursor() as cur:
-        execute_values(cur, _VALUES_INSERT, tuples, template=_VALUES_TEMPLATE,
+        execute_values(cur, _VALUES_INSERT, [t[:-1] for t in tuples],
+                       template=_VALUES_TEMPLATE, page_size=len(tuples))
+        return int(cur.rowcount)
+
+
+def _loose_values_insert(dbapi_conn: Any, tuples: list[tuple[Any, ...]], window_s: int) -> int:
+    from psycopg2.extras import execute_values
+
+    sql = _LOOSE_VALUES_INSERT.replace("{window}", str(int(window_s)))
+    with dbapi_conn.cursor() as cur:
+        execute_values(cur, sql, tuples, template=_LOOSE_VALUES_TEMPLATE,
                        page_size=len(tuples))
         return int(cur.rowcount)
 

@@ -62,6 +62,17 @@ def _margin(env: Mapping[str, str], name: str) -> float | None:
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return (env.get(name) or "").strip().lower() in ("1", "true", "yes")
+def _grain(env: Mapping[str, str]) -> str:
+    raw = (env.get("PREDQ_LOG_PARTITION") or defaults.LOG_PARTITION).strip().lower()
+    if raw not in ("day", "week", "month"):
+        raise ConfigError(f"PREDQ_LOG_PARTITION: expected day, week or month, got {raw!r}")
+    return raw
+
+
+def _retention(env: Mapping[str, str]) -> int:
+    value = _parse(env, "PREDQ_LOG_RETENTION_DAYS", int, "a number of days (0 keeps all)",
+                   lambda v: v >= 0, "must be 0 or more")
+    return defaults.LOG_RETENTION_DAYS if value is None else value
 
 
 def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -99,6 +110,9 @@ class Settings:
     log_tasks: bool = False
     artifact_cache_dir: Path | None = None
     model_cache_size: int = defaults.MODEL_CACHE_SIZE
+    log_partition: str = defaults.LOG_PARTITION
+    log_partitions_ahead: int = defaults.LOG_PARTITIONS_AHEAD
+    log_retention_days: int = defaults.LOG_RETENTION_DAYS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -138,6 +152,10 @@ class Settings:
             log_tasks=_flag(env, "PREDQ_LOG_TASKS"),
             artifact_cache_dir=Path(cache_dir) if cache_dir else model_dir / ".cache",
             model_cache_size=_int(env, "PREDQ_MODEL_CACHE_SIZE", defaults.MODEL_CACHE_SIZE),
+            log_partition=_grain(env),
+            log_partitions_ahead=_int(env, "PREDQ_LOG_PARTITIONS_AHEAD",
+                                      defaults.LOG_PARTITIONS_AHEAD),
+            log_retention_days=_retention(env),
         )
 
     def celery_config(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 
 from modelstore.engine import redact_url
 from modelstore.errors import PredqError
-from producer import cli_ops, cli_register
+from producer import cli_db, cli_ops, cli_register
 from producer.cli_context import CliState, state
 from producer.files import read_table, results_frame, write_table
 from producer.worker_procs import worker_command
@@ -167,7 +167,7 @@ def db_upgrade() -> None:
     settings = state().settings
     url = settings.database_url
     steps = upgrade(url, signing_key=settings.signing_key,
-                    connect_timeout_s=settings.connect_timeout_s)
+                    connect_timeout_s=settings.connect_timeout_s, grain=settings.log_partition)
     for step in steps:
         click.echo(f"applied: {step}")
     click.echo(f"{redact_url(url)}: schema is current" + ("" if steps else " (nothing to do)"))
@@ -193,6 +193,8 @@ def demo(workdir: Path, rows: int, model: str | None) -> None:
     run_demo(DemoConfig(workdir=workdir, rows=rows, model=model), console, os.environ)
 
 
+for _db_command in cli_db.COMMANDS:
+    db.add_command(_db_command)
 cli.add_command(cli_register.register)
 cli.add_command(cli_register.sign)
 for _command in cli_ops.COMMANDS:

@@ -10,6 +10,7 @@ import numbers
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +177,17 @@ def encode_b64(data: bytes, cap: int) -> str | None:
     return base64.b64encode(data).decode("ascii")
 
 
+def request_time() -> str:
+    """Now, UTC, ISO 8601: stamped into every prediction message. It is the logged row's
+    prediction_time and partition key, so a redelivery of the message lands on the same
+    row (see the README's wire contract)."""
+    return datetime.now(UTC).replace(tzinfo=None).isoformat()
+
+
 def predict_kwargs(features: Row, model: str, request_id: str, version: str | None
                     ) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"features": features, "model": model, "request_id": request_id}
+    kwargs: dict[str, Any] = {"features": features, "model": model, "request_id": request_id,
+                              "request_time": request_time()}
     if version is not None:
         kwargs["version"] = version
     return kwargs
@@ -186,7 +195,8 @@ def predict_kwargs(features: Row, model: str, request_id: str, version: str | No
 
 def batch_kwargs(rows: list[Row], request_ids: list[str], model: str, version: str | None
                   ) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"rows": rows, "model": model, "request_ids": request_ids}
+    kwargs: dict[str, Any] = {"rows": rows, "model": model, "request_ids": request_ids,
+                              "request_time": request_time()}
     if version is not None:
         kwargs["version"] = version
     return kwargs

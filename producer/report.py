@@ -30,10 +30,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from modelstore import schema
+from modelstore import rollups, schema
 from modelstore.db import ModelEvaluationDB
 from modelstore.engine import translate_errors
 
+R = schema.model_prediction_rollups
 P = schema.model_predictions
 H = schema.promotion_history
 
@@ -162,6 +163,10 @@ def _where(since: datetime, model: str | None) -> ColumnElement[bool]:
 
 def bucket_stats(conn: Connection, since: datetime, bucket_s: int, model: str | None
                  ) -> list[BucketStat]:
+    """Buckets of whole hours come from the rollups (versions x hours, not rows); shorter
+    ones, picked only for a span under a day, scan that span's rows."""
+    if bucket_s % 3600 == 0:
+        return _rollup_buckets(conn, since, bucket_s, model)
     bucket = _bucket_expr(conn, bucket_s).label("bucket")
     err = P.c.predicted_value - P.c.actual_value
     stmt = (select(bucket, P.c.model_name, P.c.model_version, func.count().label("n"),
@@ -181,6 +186,24 @@ def bucket_stats(conn: Connection, since: datetime, bucket_s: int, model: str | 
     return out
 
 
+def _rollup_buckets(conn: Connection, since: datetime, bucket_s: int, model: str | None
+                    ) -> list[BucketStat]:
+    sums: dict[tuple[int, str, str], list[float]] = {}
+    for row in rollups.hourly(conn, model, since):
+        epoch = int(row["hour"].replace(tzinfo=UTC).timestamp())
+        key = (epoch - epoch % bucket_s, row["model_name"], row["model_version"])
+        acc = sums.setdefault(key, [0, 0, 0.0, 0.0])
+        for i, name in enumerate(("predictions", "labelled", "sum_abs_error", "sum_sq_error")):
+            acc[i] += row[name]
+    out = []
+    for (start, name, version), (n, labelled, abs_err, sq_err) in sorted(sums.items()):
+        out.append(BucketStat(
+            datetime.fromtimestamp(start, UTC).replace(tzinfo=None), name, version, int(n),
+            int(labelled), abs_err / labelled if labelled else None,
+            math.sqrt(max(sq_err, 0.0) / labelled) if labelled else None))
+    return out
+
+
 def _event(row: Any) -> Event:
     return Event(_naive(row["promoted_at"]), row["model_name"], row["from_version"],
                  row["to_version"], row["action"], int(row["generation"]), row["promoted_by"],
@@ -197,15 +220,24 @@ def promotion_events(conn: Connection, since: datetime, model: str | None) -> li
     return [_event(r) for r in reversed([*inside, *before])]
 
 
+def _first_last(conn: Connection, since: datetime, model: str | None) -> tuple[Any, Any]:
+    """The span of the window's predictions, from the rollups (the partial first hour
+    counts whole: this only picks the bucket size)."""
+    stmt = select(func.min(R.c.first_time), func.max(R.c.last_time)).where(
+        R.c.hour >= since.replace(minute=0, second=0, microsecond=0), R.c.predictions > 0)
+    if model is not None:
+        stmt = stmt.where(R.c.model_name == model)
+    first, last = conn.execute(stmt).one()
+    return max(_naive(first), since) if first is not None else None, last
+
+
 def load_report(db: ModelEvaluationDB, days: int = 7, model: str | None = None) -> ReportData:
     """Everything the report shows, for the last `days` days (of the database's clock)."""
     with translate_errors("reading report data", model_name=model, days=days), \
             db.engine.connect() as conn:
         until = db_now(conn)
         since = until - timedelta(days=days)
-        first, last = conn.execute(select(func.min(P.c.prediction_time),
-                                          func.max(P.c.prediction_time))
-                                   .where(_where(since, model))).one()
+        first, last = _first_last(conn, since, model)
         span = (_naive(last) - _naive(first)) if first is not None else timedelta(0)
         bucket_s = pick_bucket(span)
         buckets = bucket_stats(conn, since, bucket_s, model)

@@ -1,18 +1,21 @@
 -- predq monitoring views (PostgreSQL). Apply with:
 --   psql "$DATABASE_URL" -f sql/monitoring.sql
--- Re-runnable: every view is CREATE OR REPLACE. They read only the seed's columns plus
--- model_name, so they also work on rows written by the seed's plain INSERTs.
+-- Re-runnable: every view is CREATE OR REPLACE.
 
--- Predictions per model version per day (the day of prediction_time, server time zone).
+-- Predictions per model version per day (the day of prediction_time, UTC as predq logs it).
+-- Both prediction views read model_prediction_rollups, kept exact by triggers on
+-- model_predictions (so they count the seed's plain INSERTs too) and outliving the
+-- partitions that retention drops: time proportional to versions x hours, not rows.
 CREATE OR REPLACE VIEW predq_daily_prediction_counts AS
 SELECT
-    prediction_time::date AS day,
+    hour::date AS day,
     model_name,
     model_version,
-    COUNT(*) AS prediction_count,
-    AVG(predicted_value) AS avg_prediction
-FROM model_predictions
-GROUP BY prediction_time::date, model_name, model_version;
+    SUM(predictions)::bigint AS prediction_count,
+    SUM(sum_predicted) / NULLIF(SUM(predictions), 0) AS avg_prediction
+FROM model_prediction_rollups
+GROUP BY hour::date, model_name, model_version
+HAVING SUM(predictions) > 0;
 
 -- Accuracy per model version where actuals exist: MAE and RMSE over the labelled rows,
 -- label coverage = labelled rows / all rows of that version.
@@ -20,13 +23,14 @@ CREATE OR REPLACE VIEW predq_version_accuracy AS
 SELECT
     model_name,
     model_version,
-    COUNT(*) AS prediction_count,
-    COUNT(actual_value) AS labelled_count,
-    COUNT(actual_value)::float8 / COUNT(*) AS label_coverage,
-    AVG(ABS(predicted_value - actual_value)) AS mean_absolute_error,
-    SQRT(AVG((predicted_value - actual_value) ^ 2)) AS root_mean_squared_error
-FROM model_predictions
-GROUP BY model_name, model_version;
+    SUM(predictions)::bigint AS prediction_count,
+    SUM(labelled)::bigint AS labelled_count,
+    SUM(labelled)::float8 / SUM(predictions) AS label_coverage,
+    SUM(sum_abs_error) / NULLIF(SUM(labelled), 0) AS mean_absolute_error,
+    SQRT(GREATEST(SUM(sum_sq_error), 0) / NULLIF(SUM(labelled), 0)) AS root_mean_squared_error
+FROM model_prediction_rollups
+GROUP BY model_name, model_version
+HAVING SUM(predictions) > 0;
 
 -- Artifact sizes per model type, and one total row (is_total, model_type NULL).
 CREATE OR REPLACE VIEW predq_model_sizes AS

@@ -50,6 +50,7 @@ _WAIT, _PREDICT, _WRITE, _ANSWERED = range(4)
 class _Item:
     features: object
     request_id: str
+    request_time: object
     # Released whenever `role` changes for the waiting thread; a bare lock is the cheapest
     # wake-up CPython has (an Event is a Condition plus a lock).
     wake: threading.Lock = field(default_factory=threading.Lock)
@@ -115,9 +116,10 @@ class Batcher:
         self._in_flight = 0  # rows submitted and not yet answered
         self._overlap = 0.0  # recent share of arrivals that found another row in flight
 
-    def predict(self, features: object, request_id: str, timeout: float) -> dict[str, Any]:
+    def predict(self, features: object, request_id: str, timeout: float,
+                request_time: object = None) -> dict[str, Any]:
         """Predict and log one row; returns its result once the row is durable."""
-        item = _Item(features, request_id)
+        item = _Item(features, request_id, request_time)
         with self._lock:
             self._overlap = OVERLAP_DECAY * self._overlap + (
                 (1 - OVERLAP_DECAY) if self._in_flight else 0.0)
@@ -205,7 +207,8 @@ class Batcher:
             self._before_batch()
         model = self._model()
         return model, execute(model, [i.features for i in items],
-                              [i.request_id for i in items], self._limits, single_rows=True)
+                              [i.request_id for i in items], self._limits, single_rows=True,
+                              request_times=[i.request_time for i in items])
 
     # -- write stage ----------------------------------------------------------------------
 

@@ -96,9 +96,35 @@ def request_id_errors(request_ids: Sequence[object], single_rows: bool) -> dict[
     return errors
 
 
+def request_time_error(value: object) -> str | None:
+    """None when `value` is absent or an ISO 8601 timestamp, else the error message."""
+    if value is None or isinstance(value, datetime):
+        return None
+    if isinstance(value, str) and len(value) <= 40:
+        try:
+            datetime.fromisoformat(value)
+            return None
+        except ValueError:
+            pass
+    return f"request_time: expected an ISO 8601 timestamp (UTC), got {value!r:.60}"
+
+
+def _log_time(value: object, first_seen: datetime) -> tuple[datetime, bool]:
+    """The row's prediction_time and whether it is loose (chosen here, not by the client):
+    the client's request_time as naive UTC, else this task's first-seen time."""
+    if value is None:
+        return first_seen, True
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return (when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when), False
+
+
 def execute(model: ServingModel, features: Sequence[object], request_ids: Sequence[str],
-            limits: Limits, *, single_rows: bool = False) -> Outcome:
+            limits: Limits, *, single_rows: bool = False,
+            request_times: Sequence[object] | None = None) -> Outcome:
     """Results in input order: {request_id, prediction, confidence} or {request_id, error}.
+
+    `request_times` (one per item; None for a raw client that sent none) become the
+    logged rows' prediction_time, the log's partition and dedup key (partitions.py).
 
     With `single_rows` the items are independent one-row requests (the micro-batcher):
     errors are not prefixed with a batch position and repeated request_ids are allowed
@@ -110,6 +136,12 @@ def execute(model: ServingModel, features: Sequence[object], request_ids: Sequen
         errors.update(request_id_errors(request_ids, True))
     else:
         errors.update(request_id_errors(request_ids, False))
+    times = request_times or [None] * len(features)
+    for i, when in enumerate(times):
+        problem = request_time_error(when)
+        if problem and i not in errors:
+            errors[i] = problem
+    first_seen = datetime.now(UTC).replace(tzinfo=None)
     keep = [(i, row) for i, row in zip(ok_idx, clean, strict=True) if i not in errors]
     values = _predict(model, [row for _, row in keep])
     results: list[dict[str, Any]] = [{} for _ in features]
@@ -127,10 +159,12 @@ def execute(model: ServingModel, features: Sequence[object], request_ids: Sequen
         results[i] = {"request_id": request_ids[i], "prediction": prediction,
                       "confidence": confidence}
         row_index.append(i)
+        when, loose = _log_time(times[i], first_seen)
         rows.append({"request_id": request_ids[i], "model_name": model.loaded.model_name,
                      "model_version": model.version, "model_sha256": model.sha256,
                      "input_features": row, "predicted_value": prediction,
-                     "confidence_score": confidence})
+                     "confidence_score": confidence, "prediction_time": when,
+                     "loose_time": loose})
     return Outcome(results, rows, row_index)
 
 

@@ -44,7 +44,7 @@ KEEP = "keep"
 WAIT = "wait"
 ROLLBACK = "rollback"
 
-P = schema.model_predictions
+R = schema.model_prediction_rollups
 H = schema.promotion_history
 
 
@@ -96,14 +96,14 @@ def verdict(current: LiveError, previous: LiveError, margin: float, min_rows: in
 
 
 def live_errors(conn: Connection, model: str, versions: Sequence[str]) -> dict[str, LiveError]:
-    """Labelled rows and MAE per version (only the given versions of one model)."""
-    stmt = (select(P.c.model_version, func.count(P.c.actual_value),
-                   func.avg(func.abs(P.c.predicted_value - P.c.actual_value)))
-            .where(and_(P.c.model_name == model, P.c.model_version.in_(list(versions)),
-                        P.c.actual_value.is_not(None)))
-            .group_by(P.c.model_version))
-    found = {v: LiveError(v, int(n), None if mae is None else float(mae))
-             for v, n, mae in conn.execute(stmt)}
+    """Labelled rows and MAE per version (only the given versions of one model), from the
+    rollups: versions x hours, not a scan of the log every few seconds."""
+    labelled = func.sum(R.c.labelled)
+    stmt = (select(R.c.model_version, labelled, func.sum(R.c.sum_abs_error))
+            .where(and_(R.c.model_name == model, R.c.model_version.in_(list(versions))))
+            .group_by(R.c.model_version))
+    found = {v: LiveError(v, int(n or 0), float(err) / int(n) if n else None)
+             for v, n, err in conn.execute(stmt)}
     return {v: found.get(v, LiveError(v, 0, None)) for v in versions}
 
 

@@ -28,6 +28,7 @@ from modelstore.settings import Settings
 from workers import metrics
 from workers.batcher import Batcher
 from workers.execute import ServingModel, execute, persist
+from workers.maintenance import LogMaintainer
 from workers.names import UnknownNames
 from workers.signal import GenerationSignal
 from workers.slot import ModelSlot
@@ -52,6 +53,8 @@ class ServingState:
         self.limits = Limits()
         self.writer = PredictionWriter(self._new_db, Spool(settings.spool_dir))
         self.writer.start()
+        self.maintainer = LogMaintainer(settings, self._new_db)
+        self.maintainer.start()
         self._slots: dict[str, ModelSlot] = {}
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
@@ -154,20 +157,22 @@ class ServingState:
     # -- predictions ----------------------------------------------------------------------
 
     def predict_one(self, features: object, request_id: str, model: object,
-                    version: object, timeout: float) -> dict[str, Any]:
+                    version: object, timeout: float, request_time: object = None
+                    ) -> dict[str, Any]:
         try:
             if version is not None:
-                return self._predict_pinned(features, request_id, model, version)
+                return self._predict_pinned(features, request_id, model, version, request_time)
             batcher = self.batcher(model)  # type: ignore[arg-type]
         except InvalidInput as exc:
             return {"request_id": request_id, "error": str(exc)}
-        return batcher.predict(features, request_id, timeout)
+        return batcher.predict(features, request_id, timeout, request_time)
 
     def _predict_pinned(self, features: object, request_id: str, model: object,
-                        version: object) -> dict[str, Any]:
+                        version: object, request_time: object) -> dict[str, Any]:
         serving = self._model_for(model, version)  # type: ignore[arg-type]
         started = time.perf_counter()
-        outcome = execute(serving, [features], [request_id], self.limits, single_rows=True)
+        outcome = execute(serving, [features], [request_id], self.limits, single_rows=True,
+                          request_times=[request_time])
         persist(outcome, self.writer.write)
         metrics.observe_results(serving.loaded.model_name, serving.version, outcome.results,
                                 time.perf_counter() - started)
@@ -177,7 +182,7 @@ class ServingState:
         return result
 
     def predict_rows(self, rows: list[object], request_ids: list[str], model: object,
-                     version: object) -> dict[str, Any]:
+                     version: object, request_time: object = None) -> dict[str, Any]:
         try:
             serving = self._model_for(model, version)  # type: ignore[arg-type]
         except InvalidInput as exc:
@@ -186,7 +191,8 @@ class ServingState:
             self._maybe_poll(self.slot(model))
         with self._batch_turns:
             started = time.perf_counter()
-            outcome = execute(serving, rows, request_ids, self.limits)
+            outcome = execute(serving, rows, request_ids, self.limits,
+                              request_times=[request_time] * len(rows))
             persist(outcome, self.writer.write)
         metrics.observe_results(serving.loaded.model_name, serving.version, outcome.results,
                                 time.perf_counter() - started)
@@ -251,6 +257,7 @@ class ServingState:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.maintainer.close()
         self.writer.close()
         self._refresher.join(timeout=5)
         self.signal.close()

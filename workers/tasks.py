@@ -44,7 +44,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     @app.task(name="predq.predict", bind=True, typing=False)
     def predict(self: Task, features: object = None, model: object = DEFAULT_MODEL_NAME,
                 request_id: object = None, version: object = None, *args: object,
-                **extra: Any) -> dict[str, Any]:
+                request_time: object = None, **extra: Any) -> dict[str, Any]:
         # Default id = the task id: stable across redelivery, so the log dedups it.
         rid = request_id if request_id is not None else self.request.id
         problem = _unexpected(extra) or (f"unexpected positional argument(s): {len(args)}"
@@ -52,18 +52,18 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         if problem:
             return {"request_id": rid if isinstance(rid, str) else None, "error": problem}
         return get_state(settings).predict_one(features, rid, model, version,  # type: ignore[arg-type]
-                                               RESULT_TIMEOUT_S)
+                                               RESULT_TIMEOUT_S, request_time)
 
     @app.task(name="predq.predict_batch", bind=True, typing=False)
     def predict_batch(self: Task, rows: object = None, model: object = DEFAULT_MODEL_NAME,
                       request_ids: object = None, version: object = None, *args: object,
-                      **extra: Any) -> dict[str, Any]:
+                      request_time: object = None, **extra: Any) -> dict[str, Any]:
         problem = _unexpected(extra) or _batch_problem(rows, request_ids, settings)
         if problem or not isinstance(rows, list):  # the isinstance narrows for mypy
             return {"error": problem, "results": []}
         ids = request_ids if isinstance(request_ids, list) else [
             f"{self.request.id}:{i}" for i in range(len(rows))]
-        return get_state(settings).predict_rows(rows, ids, model, version)
+        return get_state(settings).predict_rows(rows, ids, model, version, request_time)
 
     @app.task(name="predq.store_model", bind=True, typing=False)
     def store_model(self: Task, **kwargs: Any) -> dict[str, Any]:

@@ -53,6 +53,7 @@ def test_a_statement_error_names_the_identifiers(store_url: str,
     db = ModelEvaluationDB(store_url)
     with raw_engine(store_url).begin() as conn:
         conn.execute(text("DROP TABLE model_predictions"))
+        conn.execute(text("DROP TABLE model_prediction_rollups"))  # what stats read
     with pytest.raises(StoreError) as caught:
         db.store_prediction("20260105_143022", {"x": 1}, 1.0)
     message = str(caught.value)

@@ -78,7 +78,7 @@ def test_a_write_the_database_refuses_leaves_later_writes_working(pg_url: str,
                                                                   size: int) -> None:
     db = ModelEvaluationDB(pg_url)
     rows = _rows("x", size)
-    rows[-1]["prediction_time"] = "not a time"  # only Postgres itself refuses this
+    rows[-1]["input_features"] = "{not json"  # taken as JSON text: only Postgres refuses it
     with pytest.raises(StoreError, match="logging predictions"):
         db.store_predictions(rows)
     assert db.store_predictions(_rows("y", size)) == size

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,11 @@ def test_predict_sends_contract_kwargs_and_makes_a_request_id() -> None:
 def test_predict_pins_a_version_and_keeps_the_callers_request_id() -> None:
     app = StubApp(tasks={"predq.predict": fake_predict})
     client_with(app).predict(ROW, model="cars", request_id="r-1", version="v0")
-    assert app.sent[0].kwargs == {"features": ROW, "model": "cars", "request_id": "r-1",
-                                  "version": "v0"}
+    kwargs = dict(app.sent[0].kwargs)
+    # Stamped by the producer: the logged row's time and partition key (issue 11).
+    stamped = datetime.fromisoformat(kwargs.pop("request_time"))
+    assert abs(stamped - datetime.now(UTC).replace(tzinfo=None)) < timedelta(minutes=1)
+    assert kwargs == {"features": ROW, "model": "cars", "request_id": "r-1", "version": "v0"}
 
 
 def test_predict_item_error_raises_with_the_workers_message() -> None:
