@@ -50,7 +50,7 @@ _WAIT, _PREDICT, _WRITE, _ANSWERED = range(4)
 class _Item:
     features: object
     request_id: str
-    request_time: object
+    request_time: object = None
     # Released whenever `role` changes for the waiting thread; a bare lock is the cheapest
     # wake-up CPython has (an Event is a Condition plus a lock).
     wake: threading.Lock = field(default_factory=threading.Lock)
