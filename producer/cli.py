@@ -42,6 +42,8 @@ class PredqGroup(click.Group):
 
 
 @click.group(cls=PredqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="predq", prog_name="predq",
+                      message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:

@@ -75,6 +75,7 @@ class PredqClient:
         if self._app is None:
             app = Celery("predq-producer", set_as_current=False)
             app.conf.update(self.settings.celery_config())
+            app.conf.update(transport.client_deadlines(self.settings))
             if app.conf.broker_url == "filesystem://":
                 # kombu's stock filesystem transport races (see producer.fs_transport);
                 # the host part only silences kombu's "no hostname" warning.

@@ -25,6 +25,26 @@ from producer.payloads import ArtifactPayload
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
 
+def client_deadlines(settings: Settings) -> dict[str, Any]:
+    """Celery settings that bound every connect AND read of a producer's connections.
+
+    Both the broker's and the result backend's redis-py clients default to no read
+    timeout (kombu) or 120 s (Celery's backend): a server that accepts TCP but never
+    answers would hang a command. py-amqp bounds its handshake by connect_timeout; the
+    write timeout bounds a publish into a stuck socket. No retry on a timeout: it would
+    double the deadline. Workers keep their own settings.
+    """
+    limit = float(settings.connect_timeout_s)
+    options = dict(settings.celery_config()["broker_transport_options"])
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        options.update(socket_timeout=limit, socket_connect_timeout=limit,
+                       retry_on_timeout=False)
+    elif settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        options.update(write_timeout=limit)
+    return {"broker_transport_options": options, "redis_socket_timeout": limit,
+            "redis_socket_connect_timeout": limit, "redis_retry_on_timeout": False}
+
+
 def check_reachable(app: Any, settings: Settings) -> None:
     """Raise BrokerUnavailable naming the (password-masked) URL when the broker or a Redis
     result backend does not answer within the connect timeout."""
