@@ -16,6 +16,13 @@ from producer.serving import PromoteReport, ServingRow
 
 UNCONFIRMED_EXIT = 3
 """Exit code when the database moved but some worker process did not confirm in time."""
+BROADCAST_FAILED_EXIT = 4
+"""Exit code when the database moved but the broadcast could not be sent (broker down)."""
+_EXIT_CODES = ("Exit codes: 0 every replying process serves it (or it already was "
+               "production: nothing changed); 1 nothing changed (error); 3 the database "
+               "moved but a process did not confirm in time; 4 the database moved but the "
+               "broker was unreachable: workers switch at their next production pointer "
+               "poll (PREDQ_GENERATION_POLL).")
 
 _model = click.option("--model", default="default", show_default=True, help="Model name.")
 _timeout = click.option("--timeout", default=10.0, show_default=True,
@@ -36,6 +43,10 @@ def _rows_json(rows: list[ServingRow]) -> list[dict[str, Any]]:
 def confirm_switch(report: PromoteReport) -> None:
     """Print what moved and who confirmed; exit 3 naming the processes that did not."""
     cli_state = state()
+    if not report.changed:
+        click.echo(f"model {report.model!r} already serves {report.to_version!r} in "
+                   f"production (generation {report.generation}): nothing changed")
+        return
     cli_state.out.print(tables.promote_summary(report))
     rows = sorted(report.confirmed + report.unconfirmed + report.idle,
                   key=lambda r: (r.node, r.pid or 0))
@@ -45,10 +56,11 @@ def confirm_switch(report: PromoteReport) -> None:
     problem = report.problem()
     if problem:
         click.echo(f"Error: {problem}", err=True)
-        click.get_current_context().exit(UNCONFIRMED_EXIT)
+        code = UNCONFIRMED_EXIT if report.broadcast_error is None else BROADCAST_FAILED_EXIT
+        click.get_current_context().exit(code)
 
 
-@click.command()
+@click.command(epilog=_EXIT_CODES)
 @click.argument("version")
 @_model
 @_timeout
@@ -58,7 +70,7 @@ def promote(version: str, model: str, timeout: float, reason: str | None) -> Non
     confirm_switch(state().client.promote(version, model, timeout=timeout, reason=reason))
 
 
-@click.command()
+@click.command(epilog=_EXIT_CODES)
 @click.option("--to", "to_version", default=None,
               help="Version to go back to (default: the previous production version).")
 @_model

@@ -264,11 +264,21 @@ class PredqClient:
 
     def _confirm(self, moved: PromotionResult, timeout: float) -> PromoteReport:
         started = time.monotonic()
+        if not moved.changed:
+            return PromoteReport(moved.model_name, moved.action, moved.from_version,
+                                 moved.to_version, moved.generation, changed=False)
         deadline = started + timeout
         args = {"model": moved.model_name, "generation": moved.generation,
                 "promoted_at": time.time()}
-        nodes: dict[str, NodeState] = merge_replies(
-            self._broadcast("predq_promote", args, min(_DISCOVERY_S, timeout)))
+        try:
+            nodes: dict[str, NodeState] = merge_replies(
+                self._broadcast("predq_promote", args, min(_DISCOVERY_S, timeout)))
+        except BrokerUnavailable as exc:
+            # The database moved: say so, and how workers converge without the broadcast.
+            return PromoteReport(moved.model_name, moved.action, moved.from_version,
+                                 moved.to_version, moved.generation,
+                                 elapsed_s=time.monotonic() - started,
+                                 broadcast_error=str(exc))
         confirmed, unconfirmed, idle = self._split(nodes, moved)
         while nodes and unconfirmed and time.monotonic() < deadline:
             time.sleep(_POLL_S)
