@@ -143,7 +143,8 @@ def validate_features(features: object, spec: FeatureSpec | None,
     """(clean_row, None) or (None, the first problem found).
 
     Order: not an object, missing features (all of them named), unexpected features,
-    then each column in schema order. The clean row may be `features` itself when nothing needed converting.
+    then each column in schema order. The clean row may be `features` itself when
+    nothing needed converting.
     """
     if spec is not None and _is_clean(features, spec._checks, limits):
         return features, None  # type: ignore[return-value]  # _is_clean proved it a dict
