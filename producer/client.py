@@ -6,6 +6,7 @@ The Celery app is built on first use, never at import.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ from producer.serving import (
     split_confirmed,
 )
 
+log = logging.getLogger(__name__)
+
 PREDICT = "predq.predict"
 PREDICT_BATCH = "predq.predict_batch"
 STORE_MODEL = "predq.store_model"
@@ -61,6 +64,7 @@ class PredqClient:
         self._app = app
         self._own_app = app is None
         self._reachable = app is not None  # an injected app is the caller's to check
+        self._workers_seen = app is not None
         self._db: ModelEvaluationDB | None = None
 
     def __enter__(self) -> PredqClient:
@@ -340,9 +344,31 @@ class PredqClient:
                                         f"{exc}") from exc
         raise AssertionError("unreachable")
 
-    def _wait(self, result: Any, timeout: float, what: str) -> Any:
+    def _check_workers(self, timeout: float) -> None:
+        """Once per client, before a longer wait: warn up front when no worker answers a
+        ping, instead of waiting out the timeout in silence."""
+        if self._workers_seen or timeout <= defaults.WORKER_CHECK_S:
+            return
+        if not self.settings.broker_url.startswith(("redis", "amqp", "pyamqp", "filesystem")):
+            self._workers_seen = True  # no remote control to ask (e.g. sqla)
+            return
         try:
-            value = result.get(timeout=timeout, interval=0.05, propagate=False)
+            replies = self.app.control.ping(timeout=defaults.WORKER_CHECK_S, limit=1)
+        except _SEND_ERRORS:
+            return  # the wait itself reports the broker
+        self._workers_seen = bool(replies)
+        if not replies:
+            log.warning("no predq worker answered within %g s at %s: the request waits in "
+                        "queue %r for up to %g s; start one with `predq worker`",
+                        defaults.WORKER_CHECK_S, redact_url(self.settings.broker_url),
+                        defaults.DEFAULT_QUEUE, timeout)
+
+    def _wait(self, result: Any, timeout: float, what: str) -> Any:
+        started = time.monotonic()
+        self._check_workers(timeout)
+        left = max(timeout - (time.monotonic() - started), 0.05)
+        try:
+            value = result.get(timeout=left, interval=0.05, propagate=False)
         except CeleryTimeoutError:
             raise ResultTimeout(
                 f"{what}: no result within {timeout:g} s (task {result.id}); is a predq worker "

@@ -93,3 +93,13 @@ def test_silent_postgres(tmp_path: Path, startup_s: float, command: tuple[str, .
         env = base_env(tmp_path, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/x")
         _, err = run_bounded(env, CONNECT_TIMEOUT_S + MARGIN_S + startup_s, *command)
     assert "database unavailable" in err and f"127.0.0.1:{port}" in err
+
+
+def test_no_worker_consuming_is_said_up_front(tmp_path: Path, redis_url: str,
+                                              startup_s: float) -> None:
+    env = base_env(tmp_path, PREDQ_BROKER_URL=redis_url, PREDQ_RESULT_BACKEND=redis_url)
+    _, err = run_bounded(env, 3 + MARGIN_S + startup_s, "predict", '{"x": 1}',
+                         "--timeout", "3")
+    first = " ".join(err.split())  # rich folds the warning
+    assert "no predq worker answered within 1 s" in first
+    assert first.index("no predq worker answered") < first.index("no result within 3 s")
