@@ -24,6 +24,7 @@ from modelstore.errors import PredqError
 from producer import cli_ops, cli_register
 from producer.cli_context import CliState, state
 from producer.cli_predict import FileRequest, predict_file
+from producer.errors import PredictionError
 from producer.worker_procs import worker_command
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,13 @@ def predict(row: str | None, input_path: Path | None, output: Path | None, model
     if (row is None) == (input_path is None):
         raise click.UsageError("give either one JSON ROW or --input FILE, not both or neither")
     if row is not None:
-        result = state().client.predict(_parse_row(row), model=model, request_id=request_id,
-                                        timeout=timeout, version=model_version)
+        try:
+            result = state().client.predict(_parse_row(row), model=model,
+                                            request_id=request_id, timeout=timeout,
+                                            version=model_version)
+        except PredictionError as exc:
+            known = state().known_models(unless=model)
+            raise click.ClickException(f"{exc}; {known}" if known else str(exc)) from exc
         click.echo(json.dumps(result))
         return
     assert input_path is not None

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from modelstore.engine import redact_url
+from modelstore.errors import ModelNotFound, RollbackError
 from producer import tables
 from producer.cli_context import state
 from producer.serving import PromoteReport, ServingRow
@@ -67,7 +69,11 @@ def confirm_switch(report: PromoteReport) -> None:
 @_reason
 def promote(version: str, model: str, timeout: float, reason: str | None) -> None:
     """Make VERSION production and wait until every worker process serves it."""
-    confirm_switch(state().client.promote(version, model, timeout=timeout, reason=reason))
+    try:
+        report = state().client.promote(version, model, timeout=timeout, reason=reason)
+    except ModelNotFound as exc:
+        raise click.ClickException(_with_known(str(exc), model)) from exc
+    confirm_switch(report)
 
 
 @click.command(epilog=_EXIT_CODES)
@@ -78,7 +84,23 @@ def promote(version: str, model: str, timeout: float, reason: str | None) -> Non
 @_reason
 def rollback(to_version: str | None, model: str, timeout: float, reason: str | None) -> None:
     """Go back to an earlier production version, confirmed like promote."""
-    confirm_switch(state().client.rollback(to_version, model, timeout=timeout, reason=reason))
+    try:
+        report = state().client.rollback(to_version, model, timeout=timeout, reason=reason)
+    except (ModelNotFound, RollbackError) as exc:
+        raise click.ClickException(_with_known(str(exc), model)) from exc
+    confirm_switch(report)
+
+
+def _with_known(message: str, model: str | None = None) -> str:
+    """The message, plus the known model names unless `model` is one of them."""
+    known = state().known_models(unless=model)
+    return f"{message}; {known}" if known else message
+
+
+def _empty(what: str, model: str | None) -> None:
+    """An empty listing says so, and what to try next."""
+    where = f" for model {model!r}" if model else ""
+    click.echo(_with_known(f"no {what}{where}"), err=True)
 
 
 @click.command()
@@ -107,7 +129,9 @@ def _print_serving(rows: list[ServingRow], title: str, as_json: bool) -> None:
         _echo_json(_rows_json(rows))
         return
     if not rows:
-        click.echo("Error: no worker replied", err=True)
+        broker = redact_url(state().settings.broker_url)
+        click.echo(f"Error: no worker replied at {broker}; start one with `predq worker`",
+                   err=True)
         click.get_current_context().exit(UNCONFIRMED_EXIT)
     state().out.print(tables.serving_table(rows, title))
 
@@ -121,6 +145,8 @@ def models(model: str | None, limit: int, as_json: bool) -> None:
     rows = state().db().list_models(limit=limit, model_name=model)
     if as_json:
         _echo_json(rows)
+    elif not rows:
+        _empty("stored versions", model)
     else:
         state().out.print(tables.models_table(rows))
 
@@ -134,6 +160,8 @@ def history(model: str | None, limit: int, as_json: bool) -> None:
     rows = state().db().promotion_history(model_name=model, limit=limit)
     if as_json:
         _echo_json(rows)
+    elif not rows:
+        _empty("promotions or rollbacks", model)
     else:
         state().out.print(tables.history_table(rows))
 
@@ -158,6 +186,8 @@ def stats(model: str | None, as_json: bool) -> None:
     rows = state().db().prediction_stats(model)
     if as_json:
         _echo_json(rows)
+    elif not rows:
+        _empty("logged predictions", model)
     else:
         state().out.print(tables.stats_table(rows))
 

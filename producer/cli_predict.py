@@ -58,7 +58,7 @@ def predict_file(req: FileRequest) -> None:
     target = req.output or req.input_path.with_suffix(".predictions.csv")
     out = results_frame(results)
     write_table(out, target)
-    _summarize(out, target, req.allow_errors)
+    _summarize(out, target, req.allow_errors, req.model)
 
 
 def _recorded_types(model: str, version: str | None) -> tuple[str | None, dict[str, str] | None]:
@@ -94,7 +94,7 @@ def _send(req: FileRequest, checked: frame_check.CheckedTable, ids: list[str],
     return results
 
 
-def _summarize(out: pd.DataFrame, target: Path, allow_errors: bool) -> None:
+def _summarize(out: pd.DataFrame, target: Path, allow_errors: bool, model: str) -> None:
     failed = out["error"].notna()
     errors = int(failed.sum())
     versions = out["model_version"].dropna().value_counts().to_dict()
@@ -103,6 +103,8 @@ def _summarize(out: pd.DataFrame, target: Path, allow_errors: bool) -> None:
                f"versions: {served}")
     if errors and not allow_errors:
         first = out.loc[failed, "error"].iloc[0]
+        known = state().known_models(unless=model)
         raise click.ClickException(
             f"{errors:,} of {len(out):,} row(s) failed (first: {first}); see the error "
-            f"column of {target}, or pass --allow-errors to exit 0")
+            f"column of {target}, or pass --allow-errors to exit 0"
+            + (f"; {known}" if known else ""))

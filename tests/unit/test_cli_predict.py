@@ -73,7 +73,9 @@ def test_predict_one_row_prints_the_result_as_json(stub: StubApp) -> None:
 def test_predict_item_error_is_one_line_and_exit_1(stub: StubApp) -> None:
     result = run(stub, "predict", '{"year": 2020}', "--request-id", "r1")
     assert result.exit_code == 1
-    assert one_line_error(result) == "Error: request r1: features.mileage: missing"
+    assert one_line_error(result) == (
+        "Error: request r1: features.mileage: missing; no model is stored yet "
+        "(predq register FILE --model-type TYPE --run-id RUN --promote)")
 
 
 def test_predict_timeout_is_one_line_and_exit_1() -> None:
