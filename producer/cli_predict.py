@@ -43,15 +43,12 @@ def predict_file(req: FileRequest) -> None:
                                  param_hint="--exclude")
     has_ids = req.id_column in frame.columns
     features = frame.drop(columns=[*req.exclude, *([req.id_column] if has_ids else [])])
-    used, types = _recorded_types(req.model, req.version)
-    frame_check.check_header(
-        [str(c) for c in features.columns], types, where=where,
-        expects=f"model {req.model!r} version {used!r}",
-        missing_id=req.id_column if req.id_column_given and not has_ids else None)
+    used, schema = _recorded_schema(req.model, req.version)
     label = frame_check.csv_row if req.input_path.suffix.lower() == ".csv" \
         else frame_check.table_row
-    checked = frame_check.check_cells(features, types or frame_check.infer_types(features),
-                                      label)
+    checked = frame_check.check_frame(
+        features, schema, where=where, expects=f"model {req.model!r} version {used!r}",
+        label=label, missing_id=req.id_column if req.id_column_given and not has_ids else None)
     ids = (frame[req.id_column].astype(str).tolist() if has_ids
            else [payloads.new_request_id() for _ in range(len(frame))])
     results = _send(req, checked, ids, label)
@@ -61,8 +58,9 @@ def predict_file(req: FileRequest) -> None:
     _summarize(out, target, req.allow_errors, req.model)
 
 
-def _recorded_types(model: str, version: str | None) -> tuple[str | None, dict[str, str] | None]:
-    """The version that will serve and its columns' types, when the store records them.
+def _recorded_schema(model: str, version: str | None
+                     ) -> tuple[str | None, dict[str, Any] | None]:
+    """The version that will serve and its recorded feature schema, when the store has it.
 
     Without the store (unreachable, or no production row: workers may serve a model
     file) the columns' types are inferred from the table instead.
@@ -72,7 +70,7 @@ def _recorded_types(model: str, version: str | None) -> tuple[str | None, dict[s
     except StoreError as exc:
         log.info("no recorded feature schema for model %r: %s", model, exc)
         return None, None
-    return used, frame_check.schema_types(schema)
+    return used, schema
 
 
 def _send(req: FileRequest, checked: frame_check.CheckedTable, ids: list[str],

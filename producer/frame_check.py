@@ -44,6 +44,21 @@ class CheckedTable:
     errors: dict[int, str] = field(default_factory=dict)
 
 
+def check_frame(frame: pd.DataFrame, schema: Mapping[str, Any] | None = None, *,
+                where: str = "frame", expects: str = "the model",
+                label: RowLabel = table_row, missing_id: str | None = None) -> CheckedTable:
+    """A feature table checked before sending: the header against `schema` (a recorded
+    feature schema, e.g. `client.db.feature_schema(model)[1]`), then every cell.
+
+    Raises InvalidInput naming every header problem at once; returns the rows to send
+    (e.g. to `PredqClient.predict_many`), their positions, and the refused rows.
+    """
+    types = schema_types(schema)
+    check_header([str(c) for c in frame.columns], types, where=where, expects=expects,
+                 missing_id=missing_id)
+    return check_cells(frame, types or infer_types(frame), label)
+
+
 def schema_types(schema: Mapping[str, Any] | None) -> dict[str, str] | None:
     """{column: "number" | "string"} from a recorded feature schema, or None."""
     columns = schema.get("columns") if isinstance(schema, Mapping) else None

@@ -39,3 +39,14 @@ def test_without_a_schema_a_mostly_numeric_column_is_numeric() -> None:
 def test_worker_errors_are_renumbered_to_table_rows() -> None:
     assert fc.renumber("rows[50].features.mileage: out of range", 1050, fc.csv_row) == \
         "row 1051 (line 1052): features.mileage: out of range"
+
+
+def test_a_dataframe_is_checked_against_a_recorded_schema() -> None:
+    schema = {"columns": [{"name": "year", "dtype": "number"},
+                          {"name": "brand", "dtype": "string"}]}
+    frame = pd.DataFrame({"year": [2020, "soon"], "brand": ["Kia", 3]})
+    checked = fc.check_frame(frame, schema)
+    assert checked.rows == [{"year": 2020, "brand": "Kia"}]
+    assert checked.errors == {1: "row 2: year: expected a number, got 'soon'"}
+    with pytest.raises(InvalidInput, match="missing column"):
+        fc.check_frame(frame[["year"]], schema)
