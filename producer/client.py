@@ -6,7 +6,7 @@ The Celery app is built on first use, never at import.
 
 from __future__ import annotations
 
-import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,8 +42,6 @@ from producer.serving import (
     split_confirmed,
 )
 
-log = logging.getLogger(__name__)
-
 PREDICT = "predq.predict"
 PREDICT_BATCH = "predq.predict_batch"
 STORE_MODEL = "predq.store_model"
@@ -52,6 +50,7 @@ DEFAULT_MODEL = defaults.DEFAULT_MODEL_NAME
 FILESYSTEM_TRANSPORT = "producer.fs_transport:Transport"
 _SEND_ERRORS = (KombuOperationalError, RedisError, OSError)
 _POLL_S = 0.1
+_CHUNK_ROW = re.compile(r"^rows\[(\d+)\]")
 _DISCOVERY_S = 0.5
 """How long a promote collects first replies: broadcasts cannot know how many nodes exist."""
 
@@ -143,7 +142,7 @@ class PredqClient:
             for start, stop, result in sent:
                 what = f"predict_batch rows {start}-{stop - 1}"
                 out.extend(_batch_results(self._wait(result, timeout, what), ids[start:stop],
-                                          what))
+                                          what, offset=start))
                 advance(stop - start)
         return out
 
@@ -345,23 +344,9 @@ class PredqClient:
         raise AssertionError("unreachable")
 
     def _check_workers(self, timeout: float) -> None:
-        """Once per client, before a longer wait: warn up front when no worker answers a
-        ping, instead of waiting out the timeout in silence."""
-        if self._workers_seen or timeout <= defaults.WORKER_CHECK_S:
-            return
-        if not self.settings.broker_url.startswith(("redis", "amqp", "pyamqp", "filesystem")):
-            self._workers_seen = True  # no remote control to ask (e.g. sqla)
-            return
-        try:
-            replies = self.app.control.ping(timeout=defaults.WORKER_CHECK_S, limit=1)
-        except _SEND_ERRORS:
-            return  # the wait itself reports the broker
-        self._workers_seen = bool(replies)
-        if not replies:
-            log.warning("no predq worker answered within %g s at %s: the request waits in "
-                        "queue %r for up to %g s; start one with `predq worker`",
-                        defaults.WORKER_CHECK_S, redact_url(self.settings.broker_url),
-                        defaults.DEFAULT_QUEUE, timeout)
+        """Once per client, before a longer wait: warn up front when no worker answers."""
+        if not self._workers_seen and timeout > defaults.WORKER_CHECK_S:
+            self._workers_seen = transport.workers_answer(self.app, self.settings, timeout)
 
     def _wait(self, result: Any, timeout: float, what: str) -> Any:
         started = time.monotonic()
@@ -385,8 +370,10 @@ class PredqClient:
         return value
 
 
-def _batch_results(value: Any, ids: list[str], what: str) -> list[dict[str, Any]]:
-    """One result per row in input order, each with the version that computed it."""
+def _batch_results(value: Any, ids: list[str], what: str, offset: int = 0
+                   ) -> list[dict[str, Any]]:
+    """One result per row in input order, each with the version that computed it; a
+    worker's `rows[k]` (k within the chunk) is renumbered to the caller's index."""
     if not isinstance(value, dict):
         raise TaskFailed(f"{what}: unexpected result {value!r:.100}")
     if value.get("error"):
@@ -400,6 +387,9 @@ def _batch_results(value: Any, ids: list[str], what: str) -> list[dict[str, Any]
     for position, rid in enumerate(ids):
         item = by_id.get(rid) or results[position]
         row = {"request_id": rid, **item}
+        if offset and isinstance(row.get("error"), str):
+            row["error"] = _CHUNK_ROW.sub(lambda m: f"rows[{int(m[1]) + offset}]",
+                                          row["error"], count=1)
         if "error" not in row:
             row.setdefault("model_version", value.get("model_version"))
             row.setdefault("model_sha256", value.get("model_sha256"))

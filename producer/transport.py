@@ -4,6 +4,7 @@ travels to `predq.store_model` (a shared path or base64, never pickle in a messa
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,14 +16,18 @@ from urllib.parse import urlsplit
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from modelstore import artifacts
+from modelstore import artifacts, defaults
 from modelstore.engine import redact_url
 from modelstore.settings import Settings
 from producer import payloads
 from producer.errors import BrokerUnavailable
 from producer.payloads import ArtifactPayload
 
+log = logging.getLogger(__name__)
+
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+_CONTROL_SCHEMES = ("redis", "amqp", "pyamqp", "filesystem")
+"""Brokers with Celery remote control, so workers can be pinged."""
 
 
 def client_deadlines(settings: Settings) -> dict[str, Any]:
@@ -61,6 +66,23 @@ def check_reachable(app: Any, settings: Settings) -> None:
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"result backend {redact_url(settings.result_backend)} "
                                     f"unreachable: {exc}") from exc
+
+
+def workers_answer(app: Any, settings: Settings, timeout: float) -> bool:
+    """Ping workers for WORKER_CHECK_S; when none answers, warn that the request waits in
+    the queue for up to `timeout` s. True when one answered or nobody can tell."""
+    if not settings.broker_url.startswith(_CONTROL_SCHEMES):
+        return True  # no remote control to ask (e.g. sqla)
+    try:
+        replies = app.control.ping(timeout=defaults.WORKER_CHECK_S, limit=1)
+    except (KombuOperationalError, RedisError, OSError):
+        return False  # the wait itself reports the broker
+    if not replies:
+        log.warning("no predq worker answered within %g s at %s: the request waits in "
+                    "queue %r for up to %g s; start one with `predq worker`",
+                    defaults.WORKER_CHECK_S, redact_url(settings.broker_url),
+                    defaults.DEFAULT_QUEUE, timeout)
+    return bool(replies)
 
 
 def workers_share_filesystem(settings: Settings) -> bool:
