@@ -31,30 +31,32 @@ _CONTROL_SCHEMES = ("redis", "amqp", "pyamqp", "filesystem")
 
 
 def client_deadlines(settings: Settings) -> dict[str, Any]:
-    """Celery settings that bound every connect AND read of a producer's connections.
-
-    Both the broker's and the result backend's redis-py clients default to no read
-    timeout (kombu) or 120 s (Celery's backend): a server that accepts TCP but never
-    answers would hang a command. py-amqp bounds its handshake by connect_timeout; the
-    write timeout bounds a publish into a stuck socket. No retry on a timeout: it would
-    double the deadline. Workers keep their own settings.
-    """
+    """Celery settings that bound every connect AND read of the producer's Redis result
+    backend (Celery's default read timeout is 120 s, retried). No retry on a timeout: it
+    would double the deadline. Workers keep their own settings."""
     limit = float(settings.connect_timeout_s)
-    options = dict(settings.celery_config()["broker_transport_options"])
-    if settings.broker_url.startswith(("redis://", "rediss://")):
-        options.update(socket_timeout=limit, socket_connect_timeout=limit,
-                       retry_on_timeout=False)
-    elif settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
-        options.update(write_timeout=limit)
-    return {"broker_transport_options": options, "redis_socket_timeout": limit,
-            "redis_socket_connect_timeout": limit, "redis_retry_on_timeout": False}
+    return {"redis_socket_timeout": limit, "redis_socket_connect_timeout": limit,
+            "redis_retry_on_timeout": False}
+
+
+def _check_options(settings: Settings) -> dict[str, Any]:
+    """Transport options of the reachability check's own connection: kombu's Redis
+    transport reads with no timeout by default, so a server that accepts TCP but never
+    answers would hang the first command forever; py-amqp bounds its handshake by
+    connect_timeout already. Only this connection gets them: on the app's pooled
+    connections a read timeout broke reconnecting after a Redis restart."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return {}
+    limit = float(settings.connect_timeout_s)
+    return {"socket_timeout": limit, "socket_connect_timeout": limit,
+            "retry_on_timeout": False}
 
 
 def check_reachable(app: Any, settings: Settings) -> None:
     """Raise BrokerUnavailable naming the (password-masked) URL when the broker or a Redis
     result backend does not answer within the connect timeout."""
     try:
-        with app.connection_for_write() as conn:
+        with app.connection_for_write(transport_options=_check_options(settings)) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2,
                                    timeout=settings.connect_timeout_s)
     except (KombuOperationalError, RedisError, OSError) as exc:
