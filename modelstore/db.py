@@ -33,7 +33,12 @@ from modelstore import (
     schema,
 )
 from modelstore.engine import get_engine, redact_url, translate_errors
-from modelstore.errors import DuplicateModelVersion, InvalidInput
+from modelstore.errors import (
+    DuplicateModelVersion,
+    InvalidInput,
+    ModelNotFound,
+    NoProductionModel,
+)
 from modelstore.predictions import BackfillResult, PredictionRow
 from modelstore.promotion import Pointer, PromotionResult
 from modelstore.versions import new_version
@@ -219,6 +224,26 @@ class ModelEvaluationDB:
             stmt = stmt.where(A.c.model_name == model_name)
         with self._tx("listing models", limit=limit) as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def model_names(self) -> list[str]:
+        """Every stored model name, sorted (for "known models: ..." in messages)."""
+        with self._tx("listing model names") as conn:
+            return sorted(conn.execute(select(A.c.model_name).distinct()).scalars())
+
+    def feature_schema(self, model_name: str = defaults.DEFAULT_MODEL_NAME,
+                       model_version: str | None = None) -> tuple[str, dict[str, Any] | None]:
+        """(version, recorded feature schema) of `model_version`, or of production."""
+        with self._tx("reading feature schema", model_name=model_name) as conn:
+            if model_version is None:
+                pointer = promotion.read_pointer(conn, model_name)
+                if pointer is None:
+                    raise NoProductionModel(f"model {model_name!r} has no production version")
+                meta = blobs.artifact_meta(conn, None, artifact_id=pointer.artifact_id)
+            else:
+                meta = blobs.artifact_meta(conn, model_name, model_version)
+            if meta is None:
+                raise ModelNotFound(f"model {model_name!r} has no version {model_version!r}")
+            return meta.model_version, meta.feature_schema
 
     # -- promotion ------------------------------------------------------------------------
 

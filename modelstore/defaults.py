@@ -13,6 +13,9 @@ FILESYSTEM_BROKER_DIR = "./.predq-broker"
 CONNECT_TIMEOUT_S = 5
 """Bounded connect timeout: an unreachable database costs this, never a hang."""
 STATEMENT_TIMEOUT_MS = 60_000
+WORKER_CHECK_S = 1.0
+"""Before a longer wait for a result, the producer pings workers this long once and warns
+when none answers (the request stays queued)."""
 
 VISIBILITY_TIMEOUT_S = 3600
 GENERATION_POLL_S = 2.0

@@ -25,6 +25,8 @@ class PromotionResult:
     to_version: str
     generation: int
     action: str
+    changed: bool = True
+    """False when the version already was production: nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,11 @@ def promote(conn: Connection, model_name: str, version: str, *, action: str,
             by: str | None, reason: str | None, signing_key: artifacts.Keys) -> PromotionResult:
     lock_model(conn, model_name)
     target = _target(conn, model_name, version, signing_key)
+    pointer = read_pointer(conn, model_name)
+    if pointer is not None and pointer.artifact_id == target.id:
+        # Already production: no history row from V to V, no generation bump.
+        return PromotionResult(model_name, version, version, pointer.generation, action,
+                               changed=False)
     current, generation = _current_version(conn, model_name)
     now = func.current_timestamp()
     conn.execute(update(A).where(and_(A.c.model_name == model_name, A.c.is_production.is_(True),

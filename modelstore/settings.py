@@ -62,6 +62,8 @@ def _margin(env: Mapping[str, str], name: str) -> float | None:
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return (env.get(name) or "").strip().lower() in ("1", "true", "yes")
+
+
 def _grain(env: Mapping[str, str]) -> str:
     raw = (env.get("PREDQ_LOG_PARTITION") or defaults.LOG_PARTITION).strip().lower()
     if raw not in ("day", "week", "month"):
@@ -73,6 +75,53 @@ def _retention(env: Mapping[str, str]) -> int:
     value = _parse(env, "PREDQ_LOG_RETENTION_DAYS", int, "a number of days (0 keeps all)",
                    lambda v: v >= 0, "must be 0 or more")
     return defaults.LOG_RETENTION_DAYS if value is None else value
+
+
+_DATABASE_SCHEMES = ("postgresql", "postgres", "sqlite")
+_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem", "memory",
+                   "sentinel", "sqla")
+
+
+def _scheme(url: str) -> str:
+    """'postgresql' of 'postgresql+psycopg2://...', '' when there is no scheme."""
+    head, sep, _ = url.partition("://")
+    return head.split("+")[0].lower() if sep else ""
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    """DATABASE_URL, refused in one line when its scheme or form cannot work."""
+    url = env.get("DATABASE_URL") or defaults.DEFAULT_DATABASE_URL
+    expected = ("expected postgresql://user:password@host:5432/dbname or "
+                "sqlite:///path/to/file.db")
+    if _scheme(url) not in _DATABASE_SCHEMES:
+        raise ConfigError(f"DATABASE_URL: unsupported database URL {_masked(url)!r}; "
+                          f"{expected}")
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"DATABASE_URL: malformed URL {_masked(url)!r} ({exc}); "
+                          f"{expected}") from None
+    return url
+
+
+def _broker_url(env: Mapping[str, str]) -> str:
+    url = env.get("PREDQ_BROKER_URL") or defaults.DEFAULT_BROKER_URL
+    if _scheme(url) not in _BROKER_SCHEMES:
+        raise ConfigError(f"PREDQ_BROKER_URL: unsupported broker URL {_masked(url)!r}; "
+                          "expected redis://host:6379/0, amqp://user:password@host:5672// "
+                          "or filesystem:///path")
+    return url
+
+
+def _masked(url: str) -> str:
+    """The URL with anything between '://' and '@' hidden (it may hold a password)."""
+    head, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{head}://***@{rest.rsplit('@', 1)[1]}"
+    return url[:80]
 
 
 def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -118,11 +167,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Parse the environment; a malformed value raises ConfigError naming the variable."""
         env = os.environ if env is None else env
-        broker = env.get("PREDQ_BROKER_URL") or defaults.DEFAULT_BROKER_URL
+        broker = _broker_url(env)
         model_dir = Path(env.get("PREDQ_MODEL_DIR") or defaults.DEFAULT_MODEL_DIR)
         cache_dir = env.get("PREDQ_ARTIFACT_CACHE_DIR")
         return cls(
-            database_url=env.get("DATABASE_URL") or defaults.DEFAULT_DATABASE_URL,
+            database_url=_database_url(env),
             broker_url=broker,
             result_backend=env.get("PREDQ_RESULT_BACKEND") or broker,
             model_dir=model_dir,

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 from celery.exceptions import TimeoutError as CeleryTimeoutError
+from click.core import ParameterSource
 from rich.console import Console
 from rich.logging import RichHandler
 
@@ -22,7 +23,8 @@ from modelstore.engine import redact_url
 from modelstore.errors import PredqError
 from producer import cli_db, cli_ops, cli_register
 from producer.cli_context import CliState, state
-from producer.files import read_table, results_frame, write_table
+from producer.cli_predict import FileRequest, predict_file
+from producer.errors import PredictionError
 from producer.worker_procs import worker_command
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class PredqGroup(click.Group):
 
 
 @click.group(cls=PredqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="predq", prog_name="predq",
+                      message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
@@ -92,21 +96,36 @@ def exec_process(argv: list[str]) -> None:
               help="Seconds to wait for each result.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
+@click.option("--allow-errors", is_flag=True,
+              help="Exit 0 even when some rows of --input failed.")
 def predict(row: str | None, input_path: Path | None, output: Path | None, model: str,
             model_version: str | None, request_id: str | None, id_column: str,
             exclude: tuple[str, ...], chunk_size: int, timeout: float,
-            progress: bool | None) -> None:
-    """Predict one JSON ROW (printed as JSON), or every row of --input into --output."""
+            progress: bool | None, allow_errors: bool) -> None:
+    """Predict one JSON ROW (printed as JSON), or every row of --input into --output.
+
+    An --input table is checked before anything is sent: its columns against the
+    model's recorded features (one message for every missing or unexpected column), then
+    each cell against its column's type, so a bad cell fails only its row. Errors name
+    the file's rows. Exits 1 when any row failed, unless --allow-errors.
+    """
     if (row is None) == (input_path is None):
         raise click.UsageError("give either one JSON ROW or --input FILE, not both or neither")
     if row is not None:
-        result = state().client.predict(_parse_row(row), model=model, request_id=request_id,
-                                        timeout=timeout, version=model_version)
+        try:
+            result = state().client.predict(_parse_row(row), model=model,
+                                            request_id=request_id, timeout=timeout,
+                                            version=model_version)
+        except PredictionError as exc:
+            known = state().known_models(unless=model)
+            raise click.ClickException(f"{exc}; {known}" if known else str(exc)) from exc
         click.echo(json.dumps(result))
         return
     assert input_path is not None
-    _predict_file(input_path, output, model, model_version, id_column, exclude, chunk_size,
-                  timeout, progress)
+    given = click.get_current_context().get_parameter_source("id_column")
+    predict_file(FileRequest(input_path, output, model, model_version, id_column,
+                             given is not ParameterSource.DEFAULT, exclude, chunk_size,
+                             timeout, progress, allow_errors))
 
 
 def _parse_row(row: str) -> dict[str, Any]:
@@ -119,28 +138,6 @@ def _parse_row(row: str) -> dict[str, Any]:
         raise click.BadParameter(f"expected a JSON object of features, got "
                                  f"{type(value).__name__}", param_hint="ROW")
     return value
-
-
-def _predict_file(input_path: Path, output: Path | None, model: str, version: str | None,
-                  id_column: str, exclude: tuple[str, ...], chunk_size: int, timeout: float,
-                  progress: bool | None) -> None:
-    frame = read_table(input_path)
-    missing = [c for c in exclude if c not in frame.columns]
-    if missing:
-        raise click.BadParameter(f"column(s) {', '.join(missing)} not in {input_path}",
-                                 param_hint="--exclude")
-    ids = frame[id_column].astype(str).tolist() if id_column in frame.columns else None
-    features = frame.drop(columns=[*exclude, *([id_column] if ids else [])])
-    results = state().client.predict_many(features, chunk_size=chunk_size, model=model,
-                                          timeout=timeout, progress=progress,
-                                          request_ids=ids, version=version)
-    target = output or input_path.with_suffix(".predictions.csv")
-    out = results_frame(results)
-    write_table(out, target)
-    errors = int(out["error"].notna().sum())
-    versions = out["model_version"].dropna().value_counts().to_dict()
-    served = ", ".join(f"{v} ({n})" for v, n in versions.items()) or "none"
-    click.echo(f"wrote {len(out)} results to {target}: {errors} error(s); versions: {served}")
 
 
 @cli.group()

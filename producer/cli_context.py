@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 
 from modelstore.db import ModelEvaluationDB
+from modelstore.errors import StoreError
 from modelstore.settings import Settings
 from producer.client import PredqClient
 
@@ -42,6 +43,20 @@ class CliState:
         s = self.settings
         return ModelEvaluationDB(s.database_url, signing_key=s.signing_key,
                                  connect_timeout_s=s.connect_timeout_s)
+
+    def known_models(self, unless: str | None = None) -> str:
+        """"known models: a, b" (or that none is stored) for errors and empty outputs;
+        empty when the store cannot say, or when it knows model `unless`."""
+        try:
+            names = self.db().model_names()
+        except StoreError:
+            return ""
+        if unless is not None and unless in names:
+            return ""
+        if not names:
+            return ("no model is stored yet (predq register FILE --model-type TYPE "
+                    "--run-id RUN --promote)")
+        return "known models: " + ", ".join(names)
 
     @property
     def out(self) -> Console:

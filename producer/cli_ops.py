@@ -10,12 +10,21 @@ from typing import Any
 
 import click
 
+from modelstore.engine import redact_url
+from modelstore.errors import ModelNotFound, RollbackError
 from producer import tables
 from producer.cli_context import state
 from producer.serving import PromoteReport, ServingRow
 
 UNCONFIRMED_EXIT = 3
 """Exit code when the database moved but some worker process did not confirm in time."""
+BROADCAST_FAILED_EXIT = 4
+"""Exit code when the database moved but the broadcast could not be sent (broker down)."""
+_EXIT_CODES = ("Exit codes: 0 every replying process serves it (or it already was "
+               "production: nothing changed); 1 nothing changed (error); 3 the database "
+               "moved but a process did not confirm in time; 4 the database moved but the "
+               "broker was unreachable: workers switch at their next production pointer "
+               "poll (PREDQ_GENERATION_POLL).")
 
 _model = click.option("--model", default="default", show_default=True, help="Model name.")
 _timeout = click.option("--timeout", default=10.0, show_default=True,
@@ -36,6 +45,10 @@ def _rows_json(rows: list[ServingRow]) -> list[dict[str, Any]]:
 def confirm_switch(report: PromoteReport) -> None:
     """Print what moved and who confirmed; exit 3 naming the processes that did not."""
     cli_state = state()
+    if not report.changed:
+        click.echo(f"model {report.model!r} already serves {report.to_version!r} in "
+                   f"production (generation {report.generation}): nothing changed")
+        return
     cli_state.out.print(tables.promote_summary(report))
     rows = sorted(report.confirmed + report.unconfirmed + report.idle,
                   key=lambda r: (r.node, r.pid or 0))
@@ -45,20 +58,25 @@ def confirm_switch(report: PromoteReport) -> None:
     problem = report.problem()
     if problem:
         click.echo(f"Error: {problem}", err=True)
-        click.get_current_context().exit(UNCONFIRMED_EXIT)
+        code = UNCONFIRMED_EXIT if report.broadcast_error is None else BROADCAST_FAILED_EXIT
+        click.get_current_context().exit(code)
 
 
-@click.command()
+@click.command(epilog=_EXIT_CODES)
 @click.argument("version")
 @_model
 @_timeout
 @_reason
 def promote(version: str, model: str, timeout: float, reason: str | None) -> None:
     """Make VERSION production and wait until every worker process serves it."""
-    confirm_switch(state().client.promote(version, model, timeout=timeout, reason=reason))
+    try:
+        report = state().client.promote(version, model, timeout=timeout, reason=reason)
+    except ModelNotFound as exc:
+        raise click.ClickException(_with_known(str(exc), model)) from exc
+    confirm_switch(report)
 
 
-@click.command()
+@click.command(epilog=_EXIT_CODES)
 @click.option("--to", "to_version", default=None,
               help="Version to go back to (default: the previous production version).")
 @_model
@@ -66,7 +84,23 @@ def promote(version: str, model: str, timeout: float, reason: str | None) -> Non
 @_reason
 def rollback(to_version: str | None, model: str, timeout: float, reason: str | None) -> None:
     """Go back to an earlier production version, confirmed like promote."""
-    confirm_switch(state().client.rollback(to_version, model, timeout=timeout, reason=reason))
+    try:
+        report = state().client.rollback(to_version, model, timeout=timeout, reason=reason)
+    except (ModelNotFound, RollbackError) as exc:
+        raise click.ClickException(_with_known(str(exc), model)) from exc
+    confirm_switch(report)
+
+
+def _with_known(message: str, model: str | None = None) -> str:
+    """The message, plus the known model names unless `model` is one of them."""
+    known = state().known_models(unless=model)
+    return f"{message}; {known}" if known else message
+
+
+def _empty(what: str, model: str | None) -> None:
+    """An empty listing says so, and what to try next."""
+    where = f" for model {model!r}" if model else ""
+    click.echo(_with_known(f"no {what}{where}"), err=True)
 
 
 @click.command()
@@ -95,7 +129,9 @@ def _print_serving(rows: list[ServingRow], title: str, as_json: bool) -> None:
         _echo_json(_rows_json(rows))
         return
     if not rows:
-        click.echo("Error: no worker replied", err=True)
+        broker = redact_url(state().settings.broker_url)
+        click.echo(f"Error: no worker replied at {broker}; start one with `predq worker`",
+                   err=True)
         click.get_current_context().exit(UNCONFIRMED_EXIT)
     state().out.print(tables.serving_table(rows, title))
 
@@ -109,6 +145,8 @@ def models(model: str | None, limit: int, as_json: bool) -> None:
     rows = state().db().list_models(limit=limit, model_name=model)
     if as_json:
         _echo_json(rows)
+    elif not rows:
+        _empty("stored versions", model)
     else:
         state().out.print(tables.models_table(rows))
 
@@ -122,6 +160,8 @@ def history(model: str | None, limit: int, as_json: bool) -> None:
     rows = state().db().promotion_history(model_name=model, limit=limit)
     if as_json:
         _echo_json(rows)
+    elif not rows:
+        _empty("promotions or rollbacks", model)
     else:
         state().out.print(tables.history_table(rows))
 
@@ -146,6 +186,8 @@ def stats(model: str | None, as_json: bool) -> None:
     rows = state().db().prediction_stats(model)
     if as_json:
         _echo_json(rows)
+    elif not rows:
+        _empty("logged predictions", model)
     else:
         state().out.print(tables.stats_table(rows))
 

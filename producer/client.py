@@ -6,6 +6,7 @@ The Celery app is built on first use, never at import.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ DEFAULT_MODEL = defaults.DEFAULT_MODEL_NAME
 FILESYSTEM_TRANSPORT = "producer.fs_transport:Transport"
 _SEND_ERRORS = (KombuOperationalError, RedisError, OSError)
 _POLL_S = 0.1
+_CHUNK_ROW = re.compile(r"^rows\[(\d+)\]")
 _DISCOVERY_S = 0.5
 """How long a promote collects first replies: broadcasts cannot know how many nodes exist."""
 
@@ -62,6 +64,7 @@ class PredqClient:
         self._app = app
         self._own_app = app is None
         self._reachable = app is not None  # an injected app is the caller's to check
+        self._workers_seen = app is not None
         self._db: ModelEvaluationDB | None = None
 
     def __enter__(self) -> PredqClient:
@@ -76,6 +79,7 @@ class PredqClient:
         if self._app is None:
             app = Celery("predq-producer", set_as_current=False)
             app.conf.update(self.settings.celery_config())
+            app.conf.update(transport.client_deadlines(self.settings))
             if app.conf.broker_url == "filesystem://":
                 # kombu's stock filesystem transport races (see producer.fs_transport);
                 # the host part only silences kombu's "no hostname" warning.
@@ -139,7 +143,7 @@ class PredqClient:
             for start, stop, result in sent:
                 what = f"predict_batch rows {start}-{stop - 1}"
                 out.extend(_batch_results(self._wait(result, timeout, what), ids[start:stop],
-                                          what))
+                                          what, offset=start))
                 advance(stop - start)
         return out
 
@@ -276,11 +280,21 @@ class PredqClient:
 
     def _confirm(self, moved: PromotionResult, timeout: float) -> PromoteReport:
         started = time.monotonic()
+        if not moved.changed:
+            return PromoteReport(moved.model_name, moved.action, moved.from_version,
+                                 moved.to_version, moved.generation, changed=False)
         deadline = started + timeout
         args = {"model": moved.model_name, "generation": moved.generation,
                 "promoted_at": time.time()}
-        nodes: dict[str, NodeState] = merge_replies(
-            self._broadcast("predq_promote", args, min(_DISCOVERY_S, timeout)))
+        try:
+            nodes: dict[str, NodeState] = merge_replies(
+                self._broadcast("predq_promote", args, min(_DISCOVERY_S, timeout)))
+        except BrokerUnavailable as exc:
+            # The database moved: say so, and how workers converge without the broadcast.
+            return PromoteReport(moved.model_name, moved.action, moved.from_version,
+                                 moved.to_version, moved.generation,
+                                 elapsed_s=time.monotonic() - started,
+                                 broadcast_error=str(exc))
         confirmed, unconfirmed, idle = self._split(nodes, moved)
         while nodes and unconfirmed and time.monotonic() < deadline:
             time.sleep(_POLL_S)
@@ -342,9 +356,17 @@ class PredqClient:
                                         f"{exc}") from exc
         raise AssertionError("unreachable")
 
+    def _check_workers(self, timeout: float) -> None:
+        """Once per client, before a longer wait: warn up front when no worker answers."""
+        if not self._workers_seen and timeout > defaults.WORKER_CHECK_S:
+            self._workers_seen = transport.workers_answer(self.app, self.settings, timeout)
+
     def _wait(self, result: Any, timeout: float, what: str) -> Any:
+        started = time.monotonic()
+        self._check_workers(timeout)
+        left = max(timeout - (time.monotonic() - started), 0.05)
         try:
-            value = result.get(timeout=timeout, interval=0.05, propagate=False)
+            value = result.get(timeout=left, interval=0.05, propagate=False)
         except CeleryTimeoutError:
             raise ResultTimeout(
                 f"{what}: no result within {timeout:g} s (task {result.id}); is a predq worker "
@@ -361,8 +383,10 @@ class PredqClient:
         return value
 
 
-def _batch_results(value: Any, ids: list[str], what: str) -> list[dict[str, Any]]:
-    """One result per row in input order, each with the version that computed it."""
+def _batch_results(value: Any, ids: list[str], what: str, offset: int = 0
+                   ) -> list[dict[str, Any]]:
+    """One result per row in input order, each with the version that computed it; a
+    worker's `rows[k]` (k within the chunk) is renumbered to the caller's index."""
     if not isinstance(value, dict):
         raise TaskFailed(f"{what}: unexpected result {value!r:.100}")
     if value.get("error"):
@@ -376,6 +400,9 @@ def _batch_results(value: Any, ids: list[str], what: str) -> list[dict[str, Any]
     for position, rid in enumerate(ids):
         item = by_id.get(rid) or results[position]
         row = {"request_id": rid, **item}
+        if offset and isinstance(row.get("error"), str):
+            row["error"] = _CHUNK_ROW.sub(lambda m: f"rows[{int(m[1]) + offset}]",
+                                          row["error"], count=1)
         if "error" not in row:
             row.setdefault("model_version", value.get("model_version"))
             row.setdefault("model_sha256", value.get("model_sha256"))

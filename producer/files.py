@@ -22,10 +22,11 @@ def _kind(path: Path, option: str) -> str:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A DataFrame from a .csv or .parquet file."""
+    """A DataFrame from a .csv or .parquet file. CSV cells stay text (empty ones NaN):
+    each is converted on its own later, so one bad cell cannot turn its column to text."""
     if _kind(path, "--input") == ".csv":
         try:
-            return pd.read_csv(path)
+            return pd.read_csv(path, dtype=str)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"--input {path}: not a readable CSV: {exc}") from exc
     return pd.read_parquet(_parquet_ready(path))

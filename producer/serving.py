@@ -52,17 +52,30 @@ class PromoteReport:
     idle: list[ServingRow] = field(default_factory=list)
     """Processes that never loaded this model: they load production on first use."""
     elapsed_s: float = 0.0
+    changed: bool = True
+    """False when `to_version` already was production: nothing was written or sent."""
+    broadcast_error: str | None = None
+    """Why the broadcast could not be sent, after the database moved."""
 
     @property
     def ok(self) -> bool:
-        """True when at least one node replied and every process of every node switched."""
-        return bool(self.nodes) and not self.unconfirmed
+        """True when nothing had to change, or at least one node replied and every
+        process of every node switched."""
+        if not self.changed:
+            return True
+        return bool(self.nodes) and not self.unconfirmed and self.broadcast_error is None
 
     def problem(self) -> str | None:
         """One line naming what did not confirm, or None when everything did."""
+        if not self.changed:
+            return None
         done = "rolled back" if self.action == "rollback" else "promoted"
         head = (f"model {self.model!r} {done} to {self.to_version!r} "
                 f"(generation {self.generation}) in the database, but")
+        if self.broadcast_error is not None:
+            return (f"{head} the broadcast failed ({self.broadcast_error}); every worker "
+                    "that reaches the database switches by itself at its next production "
+                    "pointer poll (PREDQ_GENERATION_POLL)")
         if not self.nodes:
             return f"{head} no worker replied to the broadcast"
         if not self.unconfirmed:

@@ -23,6 +23,11 @@ def _fmt(value: object, digits: int = 2) -> str:
     return str(value)
 
 
+def _count(value: object) -> str:
+    """A count with thousands separators, like the floats."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else _fmt(value)
+
+
 def serving_table(rows: Sequence[ServingRow], title: str = "Serving",
                   highlight: str | None = None) -> Table:
     """One line per model per process; `highlight` marks rows serving that version."""
@@ -89,7 +94,7 @@ def stats_table(stats: Iterable[Mapping[str, Any]], title: str = "Per-version re
     for s in stats:
         coverage = s.get("coverage")
         table.add_row(_fmt(s.get("model_name")), _fmt(s.get("model_version")),
-                      _fmt(s.get("predictions")), _fmt(s.get("labelled")),
+                      _count(s.get("predictions")), _count(s.get("labelled")),
                       f"{coverage:.1%}" if isinstance(coverage, float) else "-",
                       _fmt(s.get("mae")), _fmt(s.get("rmse")), _fmt(s.get("last_prediction")))
     return table

@@ -4,6 +4,7 @@ travels to `predq.store_model` (a shared path or base64, never pickle in a messa
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from modelstore import artifacts
+from modelstore import artifacts, defaults
 from modelstore.engine import redact_url
 from modelstore.formats import FORMAT_JOBLIB, PICKLE_FORMATS
 from modelstore.settings import Settings
@@ -23,14 +24,40 @@ from producer import payloads
 from producer.errors import BrokerUnavailable
 from producer.payloads import ArtifactPayload
 
+log = logging.getLogger(__name__)
+
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+_CONTROL_SCHEMES = ("redis", "amqp", "pyamqp", "filesystem")
+"""Brokers with Celery remote control, so workers can be pinged."""
+
+
+def client_deadlines(settings: Settings) -> dict[str, Any]:
+    """Celery settings that bound every connect AND read of the producer's Redis result
+    backend (Celery's default read timeout is 120 s, retried). No retry on a timeout: it
+    would double the deadline. Workers keep their own settings."""
+    limit = float(settings.connect_timeout_s)
+    return {"redis_socket_timeout": limit, "redis_socket_connect_timeout": limit,
+            "redis_retry_on_timeout": False}
+
+
+def _check_options(settings: Settings) -> dict[str, Any]:
+    """Transport options of the reachability check's own connection: kombu's Redis
+    transport reads with no timeout by default, so a server that accepts TCP but never
+    answers would hang the first command forever; py-amqp bounds its handshake by
+    connect_timeout already. Only this connection gets them: on the app's pooled
+    connections a read timeout broke reconnecting after a Redis restart."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return {}
+    limit = float(settings.connect_timeout_s)
+    return {"socket_timeout": limit, "socket_connect_timeout": limit,
+            "retry_on_timeout": False}
 
 
 def check_reachable(app: Any, settings: Settings) -> None:
     """Raise BrokerUnavailable naming the (password-masked) URL when the broker or a Redis
     result backend does not answer within the connect timeout."""
     try:
-        with app.connection_for_write() as conn:
+        with app.connection_for_write(transport_options=_check_options(settings)) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2,
                                    timeout=settings.connect_timeout_s)
     except (KombuOperationalError, RedisError, OSError) as exc:
@@ -42,6 +69,23 @@ def check_reachable(app: Any, settings: Settings) -> None:
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"result backend {redact_url(settings.result_backend)} "
                                     f"unreachable: {exc}") from exc
+
+
+def workers_answer(app: Any, settings: Settings, timeout: float) -> bool:
+    """Ping workers for WORKER_CHECK_S; when none answers, warn that the request waits in
+    the queue for up to `timeout` s. True when one answered or nobody can tell."""
+    if not settings.broker_url.startswith(_CONTROL_SCHEMES):
+        return True  # no remote control to ask (e.g. sqla)
+    try:
+        replies = app.control.ping(timeout=defaults.WORKER_CHECK_S, limit=1)
+    except (KombuOperationalError, RedisError, OSError):
+        return False  # the wait itself reports the broker
+    if not replies:
+        log.warning("no predq worker answered within %g s at %s: the request waits in "
+                    "queue %r for up to %g s; start one with `predq worker`",
+                    defaults.WORKER_CHECK_S, redact_url(settings.broker_url),
+                    defaults.DEFAULT_QUEUE, timeout)
+    return bool(replies)
 
 
 def workers_share_filesystem(settings: Settings) -> bool:

@@ -26,7 +26,7 @@ from modelstore.defaults import DEFAULT_MODEL_NAME
 from modelstore.engine import redact_url
 from modelstore.errors import PredqError
 from modelstore.settings import Settings
-from workers import control, fastjson, fastrepr, metrics, quality_gate
+from workers import board, control, fastjson, fastrepr, metrics, quality_gate
 from workers.state import close_state, get_state
 from workers.tasks import register_tasks
 
@@ -86,6 +86,8 @@ def _connect_signals(settings: Settings) -> None:
         pool = str(getattr(sender, "pool_cls", "")).lower()
         forks["value"] = "prefork" in pool or "processes" in pool
         control.set_pool_kind("prefork" if forks["value"] else "threads")
+        if forks["value"]:
+            board.open_board()  # before the fork: children post what they serve there
         if forks["value"] and settings.metrics_port:
             metrics.prepare_prefork()  # before the fork: children record to a shared dir
         # Each batch allocates thousands of short-lived dicts; the default gen-0 threshold
@@ -113,10 +115,12 @@ def _connect_signals(settings: Settings) -> None:
     @worker_process_shutdown.connect(weak=False)
     def on_child_exit(**_: Any) -> None:
         close_state()
+        board.withdraw()
         metrics.process_exit()
 
     @worker_shutdown.connect(weak=False)
     def on_shutdown(**_: Any) -> None:
         quality_gate.stop_gate()
         close_state()
+        board.close_board()
         metrics.stop_server()

@@ -3,7 +3,8 @@
 They run in the node's main process and must stay fast (a slow command blocks the node's
 consumer), so they only wake the background refresher and reply with what the node
 serves right now; callers poll predq_serving for the confirmation. With the threads pool
-(predq's default) the main process is the serving process.
+(predq's default) the main process is the serving process; under prefork it answers
+with its children's posts on the status board (workers.board).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from celery.worker.control import control_command
 
+from workers import board
 from workers.signal import GenerationSignal
 from workers.state import current_state
 
@@ -25,10 +27,24 @@ def set_pool_kind(kind: str) -> None:
     _POOL["kind"] = kind
 
 
-def node_status() -> dict[str, Any]:
+def node_status(panel: Any = None) -> dict[str, Any]:
     state = current_state()
-    processes = [state.status()] if state is not None else []
+    if state is not None:
+        processes = [state.status()]
+    elif _POOL["kind"] == "prefork" and panel is not None:
+        processes = board.read(_child_pids(panel))
+    else:
+        processes = []
     return {"hostname": socket.gethostname(), "pool": _POOL["kind"], "processes": processes}
+
+
+def _child_pids(panel: Any) -> list[int]:
+    """The prefork pool's live children (celery's TaskPool.info)."""
+    try:
+        pids = panel.consumer.pool.info.get("processes") or []
+    except AttributeError:
+        return []
+    return [pid for pid in pids if isinstance(pid, int)]
 
 
 @control_command(
@@ -45,7 +61,7 @@ def predq_promote(panel: Any, model: str | None = None, generation: int | None =
         # Reaches this node's other processes (prefork children) and missed nodes.
         signal = state.signal if state is not None else _main_signal(panel)
         signal.raise_to(model, int(generation))
-    return node_status()
+    return node_status(panel)
 
 
 def _main_signal(panel: Any) -> GenerationSignal:
@@ -61,10 +77,10 @@ def predq_reload(panel: Any, model: str | None = None, **_: Any) -> dict[str, An
     state = current_state()
     if state is not None:
         state.reload(model)
-    return node_status()
+    return node_status(panel)
 
 
 @control_command()
 def predq_serving(panel: Any, **_: Any) -> dict[str, Any]:
     """What every serving process of this node serves now."""
-    return node_status()
+    return node_status(panel)

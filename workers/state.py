@@ -25,7 +25,7 @@ from modelstore.errors import (
 )
 from modelstore.loader import ModelLoader
 from modelstore.settings import Settings
-from workers import metrics
+from workers import board, metrics
 from workers.batcher import Batcher
 from workers.execute import ServingModel, execute, persist
 from workers.maintenance import LogMaintainer
@@ -66,6 +66,7 @@ class ServingState:
         self._stop = threading.Event()
         self._promoted_at: dict[str, float] = {}
         self.signal = GenerationSignal(settings.broker_url)
+        self._posted: dict[str, Any] | None = None
         self._refresher = threading.Thread(target=self._refresh_loop, name="predq-refresher",
                                            daemon=True)
         self._refresher.start()
@@ -234,6 +235,7 @@ class ServingState:
         # when woken, signalled, or every generation_poll_s.
         tick = min(self.settings.generation_poll_s, REFRESH_TICK_S)
         while not self._stop.is_set():
+            self._post_status()
             woken = self._wake.wait(tick)
             self._wake.clear()
             if self._stop.is_set():
@@ -245,6 +247,16 @@ class ServingState:
                     slot.refresh(promoted_at=self._promoted_at.pop(name, None))
                 except Exception:
                     log.exception("refreshing model %r failed", name)
+
+    def _post_status(self) -> None:
+        """Under prefork: tell the main process (which answers broadcasts) what this
+        process serves, whenever that changed."""
+        if board.board_dir() is None:
+            return
+        status = self.status()
+        if status != self._posted:
+            board.post(status)
+            self._posted = status
 
     def status(self) -> dict[str, Any]:
         return {"pid": self.pid, "host": socket.gethostname(),

@@ -143,8 +143,9 @@ def validate_features(features: object, spec: FeatureSpec | None,
                       ) -> tuple[dict[str, object] | None, str | None]:
     """(clean_row, None) or (None, the first problem found).
 
-    Order: not an object, missing features, unexpected features, then each column in
-    schema order. The clean row may be `features` itself when nothing needed converting.
+    Order: not an object, missing features (all of them named), unexpected features,
+    then each column in schema order. The clean row may be `features` itself when
+    nothing needed converting.
     """
     if spec is not None and _is_clean(features, spec._checks, limits):
         return features, None  # type: ignore[return-value]  # _is_clean proved it a dict
@@ -179,9 +180,13 @@ def _diagnose(features: object, spec: FeatureSpec | None, limits: Limits, field:
                       f"got {_describe(features)}")
     if spec is None:
         return _diagnose_free(features, limits, field)
-    for name in spec.columns:
-        if name not in features:
-            return None, f"{_path(field, name)}: missing"
+    missing = [name for name in spec.columns if name not in features]
+    if len(missing) == 1:
+        return None, f"{_path(field, missing[0])}: missing"
+    if missing:
+        # Every one, so a caller fixes the row once, not once per feature.
+        names = ", ".join(m if _PLAIN_KEY_RE.fullmatch(m) else _echo_text(m) for m in missing)
+        return None, f"{field}: missing {len(missing)} features: {names}"
     for key in features:
         if type(key) is not str or key not in spec._names:
             return None, (f"{_path(field, key)}: unexpected feature "

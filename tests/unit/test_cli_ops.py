@@ -102,7 +102,20 @@ def test_serving_json_and_no_worker_exit_code(store: str) -> None:
     rows = json.loads(result.stdout)
     assert [(r["node"], r["pid"], r["version"]) for r in rows] == [("w1@h", 11, "v1")]
     nobody = run(StubApp(), store, "serving")
-    assert nobody.exit_code == 3 and nobody.stderr.strip() == "Error: no worker replied"
+    assert nobody.exit_code == 3 and nobody.stderr.strip() == (
+        "Error: no worker replied at redis://127.0.0.1:6379/15; start one with `predq worker`")
+
+
+def test_unknown_models_and_empty_listings_name_the_known_models(store: str) -> None:
+    promote = run(StubApp(), store, "promote", "v1", "--model", "nosuch")
+    assert promote.exit_code == 1
+    assert promote.stderr.strip() == ("Error: model 'nosuch' has no version 'v1'; nothing "
+                                      "changed; known models: default")
+    for command in ("models", "history", "stats"):
+        empty = run(StubApp(), store, command, "--model", "nosuch")
+        assert empty.exit_code == 0, empty.output
+        assert empty.stderr.strip().startswith("no ") and empty.stderr.strip().endswith(
+            "for model 'nosuch'; known models: default"), empty.stderr
 
 
 def test_reload_shows_the_replies(store: str) -> None:

@@ -40,6 +40,12 @@ def predict_batch(kwargs: dict[str, Any]) -> dict[str, Any]:
                         for r in results]}
 
 
+@pytest.fixture(autouse=True)
+def _own_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The feature-schema lookup opens DATABASE_URL (sqlite:///unused.db, relative).
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def stub() -> StubApp:
     return StubApp(tasks={"predq.predict": predict_one, "predq.predict_batch": predict_batch})
@@ -67,7 +73,9 @@ def test_predict_one_row_prints_the_result_as_json(stub: StubApp) -> None:
 def test_predict_item_error_is_one_line_and_exit_1(stub: StubApp) -> None:
     result = run(stub, "predict", '{"year": 2020}', "--request-id", "r1")
     assert result.exit_code == 1
-    assert one_line_error(result) == "Error: request r1: features.mileage: missing"
+    assert one_line_error(result) == (
+        "Error: request r1: features.mileage: missing; no model is stored yet "
+        "(predq register FILE --model-type TYPE --run-id RUN --promote)")
 
 
 def test_predict_timeout_is_one_line_and_exit_1() -> None:
@@ -121,11 +129,14 @@ def test_predict_file_writes_one_result_per_row_in_order(
 def test_predict_file_keeps_bad_rows_as_errors(stub: StubApp, tmp_path: Path) -> None:
     source = tmp_path / "cars.csv"
     pd.DataFrame({"year": [2020, 2021], "brand": ["Kia", "Kia"]}).to_csv(source, index=False)
-    result = run(stub, "predict", "--input", str(source), "--no-progress")
+    result = run(stub, "predict", "--input", str(source), "--no-progress", "--allow-errors")
     assert result.exit_code == 0, result.output
     out = pd.read_csv(tmp_path / "cars.predictions.csv")
     assert list(out["error"]) == ["features.mileage: missing"] * 2
     assert "2 error(s)" in result.stdout
+    failed = run(stub, "predict", "--input", str(source), "--no-progress")
+    assert failed.exit_code == 1
+    assert "2 of 2 row(s) failed" in one_line_error(failed)
 
 
 @pytest.mark.parametrize(("name", "extra", "message"), [

@@ -75,7 +75,7 @@ def test_bad_items_fail_alone_and_are_not_logged(cars: pd.DataFrame) -> None:
     outcome = execute(serving(model), feats, ["a", "b", "c", "d", "a"], Limits())
     errors = {i: r["error"] for i, r in enumerate(outcome.results) if "error" in r}
     assert set(errors) == {1, 3, 4}
-    assert errors[1].startswith("rows[1].features.")
+    assert errors[1].startswith("rows[1].features: missing 5 features: mileage")
     assert errors[4] == "request_ids[4]: duplicate of request_ids[0] ('a')"
     assert [row["request_id"] for row in outcome.rows] == ["a", "c"]
 

@@ -121,6 +121,18 @@ def test_predict_many_keeps_row_errors_in_place_without_a_version() -> None:
     assert results[0]["model_version"] == "v1" and "error" not in results[2]
 
 
+def test_predict_many_row_errors_name_the_callers_row_not_the_chunks() -> None:
+    def batch(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"model_version": "v1", "results": [
+            {"request_id": rid, "error": f"rows[{i}].features.mileage: missing"}
+            for i, rid in enumerate(kwargs["request_ids"])]}
+
+    app = StubApp(tasks={"predq.predict_batch": batch})
+    results = client_with(app).predict_many([ROW] * 5, chunk_size=2, progress=False)
+    assert [r["error"] for r in results] == [
+        f"rows[{i}].features.mileage: missing" for i in range(5)]
+
+
 def test_predict_many_whole_batch_error_raises_naming_the_rows() -> None:
     app = StubApp(tasks={"predq.predict_batch": lambda kw: {"error": "rows: too many",
                                                            "results": []}})

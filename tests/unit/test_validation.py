@@ -56,7 +56,7 @@ def without(name: str, row: dict[str, object] | None = None) -> dict[str, object
     ("year=2018", "features: expected an object mapping feature names to values, "
                   "got string 'year=2018'"),
     (without("mileage"), "features.mileage: missing"),
-    ({}, "features.year: missing"),
+    ({}, f"features: missing 6 features: {EXPECTED}"),
     (car(colour="red"), f"features.colour: unexpected feature (expected one of {EXPECTED})"),
     (car(year="2020"), "features.year: expected a number, got string '2020'"),
     (car(year=True), "features.year: expected a number, got boolean true"),
@@ -276,3 +276,10 @@ def test_nul_character_is_refused_for_that_row_only() -> None:
                          "which cannot be stored"}
     _, error = validate_features({"a\x00b": 1.0}, None)
     assert error is not None and "NUL" in error
+
+
+def test_every_missing_feature_of_a_row_is_named() -> None:
+    row = {"year": 2015}
+    missing = [c for c in SPEC.columns if c != "year"]
+    error = validate_features(row, SPEC)[1]
+    assert error == f"features: missing {len(missing)} features: {', '.join(missing)}"
