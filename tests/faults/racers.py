@@ -22,8 +22,9 @@ def move_production(url: str, index: int, barrier: Any, out: Any) -> None:
         except PredqError as exc:
             out.put((index, "error", f"{type(exc).__name__}: {exc}"))
             return
-        out.put((index, "ok", (moved.action, moved.from_version, moved.to_version,
-                               moved.generation)))
+        # A promote to the version already in production changes nothing (no history row).
+        out.put((index, "ok" if moved.changed else "unchanged",
+                 (moved.action, moved.from_version, moved.to_version, moved.generation)))
 
 
 def store_same_version(url: str, index: int, data: bytes, barrier: Any, out: Any) -> None:

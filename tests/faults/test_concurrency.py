@@ -91,6 +91,7 @@ def test_concurrent_promotes_and_rollbacks(pg_url: str, fault_report: ReportFn) 
         results = _race(racers.move_production, [(pg_url, i) for i in range(RACERS)])
     ok = [r[2] for r in results if r[1] == "ok"]
     errors = [r[2] for r in results if r[1] == "error"]
+    unchanged = [r[2] for r in results if r[1] == "unchanged"]
     history = _history(pg_url)
     production = query(pg_url, "SELECT model_version FROM model_artifacts "
                                "WHERE model_name = 'default' AND is_production")
@@ -100,7 +101,8 @@ def test_concurrent_promotes_and_rollbacks(pg_url: str, fault_report: ReportFn) 
     chained = all(history[k][1] == history[k - 1][2] for k in range(1, len(history)))
     fault_report(
         f"{RACERS} concurrent promotes and rollbacks from {RACERS} spawned processes",
-        f"{len(ok)} moved production, {len(errors)} refused with a clear error "
+        f"{len(ok)} moved production, {len(unchanged)} found their version already in "
+        f"production (nothing changed), {len(errors)} refused with a clear error "
         f"({sorted({e.split(':')[0] for e in errors}) or 'none'}); history chained "
         f"from -> to: {chained}",
         f"production rows at the end: {len(production)}; {len(sampler.counts):,} samples "

@@ -28,7 +28,7 @@ def _store_versions(url: str, blob: bytes) -> None:
 
 
 def promote_randomly(url: str, seed: int, moves: int) -> int:
-    """Promote or roll back at random; returns how many moves were applied.
+    """Promote or roll back at random; returns how many moves changed production.
 
     Module level so spawned processes can import it.
     """
@@ -38,10 +38,10 @@ def promote_randomly(url: str, seed: int, moves: int) -> int:
     for _ in range(moves):
         try:
             if rng.random() < 0.3:
-                db.rollback_production_model(by=f"worker-{seed}")
+                moved = db.rollback_production_model(by=f"worker-{seed}")
             else:
-                db.set_production_model(rng.choice(VERSIONS), by=f"worker-{seed}")
-            applied += 1
+                moved = db.set_production_model(rng.choice(VERSIONS), by=f"worker-{seed}")
+            applied += moved.changed  # promoting the current version writes nothing
         except RollbackError:
             pass  # nothing earlier to go back to: a refusal that changes nothing
     return applied
