@@ -41,3 +41,13 @@ QUALITY_GATE_INTERVAL_S = 5.0
 SCHEMA_VERSION = 1
 COPY_THRESHOLD_ROWS = 200
 """Below this many rows a multi-row VALUES insert beats COPY into a temp table."""
+
+QUEUE_TYPE = "quorum"
+"""RabbitMQ queue type of predq's task queue (PREDQ_QUEUE_TYPE): quorum or classic."""
+DELIVERY_LIMIT = 5
+"""Deliveries of one message before RabbitMQ parks it in DEAD_QUEUE (PREDQ_DELIVERY_LIMIT)."""
+DEAD_QUEUE = "predq.dead"
+"""Where poison messages are parked: a RabbitMQ queue, or a Redis list on a Redis broker."""
+AMQP_HEARTBEAT_S = 10
+"""AMQP heartbeat: RabbitMQ closes a silent worker's connection after about two of these,
+and requeues its unacknowledged messages (PREDQ_AMQP_HEARTBEAT)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from modelstore import defaults
+from modelstore import brokers, defaults
 from modelstore.errors import ConfigError
 
 N = TypeVar("N", int, float)
@@ -59,6 +59,24 @@ def _margin(env: Mapping[str, str], name: str) -> float | None:
                   "must be a non-negative fraction")
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected 1/0 (true/false), got {raw!r}")
+
+
+def _queue_type(env: Mapping[str, str]) -> str:
+    raw = (env.get("PREDQ_QUEUE_TYPE") or defaults.QUEUE_TYPE).strip().lower()
+    if raw not in brokers.QUEUE_TYPES:
+        raise ConfigError(f"PREDQ_QUEUE_TYPE: expected quorum or classic, got {raw!r}")
+    return raw
+
+
 def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name) or ""
     return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -89,6 +107,11 @@ class Settings:
     quality_gate_models: tuple[str, ...] = ()
     log_tasks: bool = False
     artifact_cache_dir: Path | None = None
+    queue_type: str = defaults.QUEUE_TYPE
+    confirm_publish: bool = True
+    delivery_limit: int = defaults.DELIVERY_LIMIT
+    amqp_heartbeat_s: int = defaults.AMQP_HEARTBEAT_S
+    sentinel_master: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,10 +121,13 @@ class Settings:
         key = env.get("PREDQ_SIGNING_KEY") or None
         model_dir = Path(env.get("PREDQ_MODEL_DIR") or defaults.DEFAULT_MODEL_DIR)
         cache_dir = env.get("PREDQ_ARTIFACT_CACHE_DIR")
+        backend = env.get("PREDQ_RESULT_BACKEND") or broker
+        master = (env.get("PREDQ_SENTINEL_MASTER") or "").strip() or None
+        brokers.check_urls(broker, backend, bool(env.get("PREDQ_RESULT_BACKEND")), master)
         return cls(
             database_url=env.get("DATABASE_URL") or defaults.DEFAULT_DATABASE_URL,
             broker_url=broker,
-            result_backend=env.get("PREDQ_RESULT_BACKEND") or broker,
+            result_backend=backend,
             model_dir=model_dir,
             signing_key=key.encode() if key else None,
             visibility_timeout_s=_int(
@@ -126,6 +152,11 @@ class Settings:
             quality_gate_models=_names(env, "PREDQ_QUALITY_GATE_MODELS"),
             log_tasks=(env.get("PREDQ_LOG_TASKS") or "").lower() in ("1", "true", "yes"),
             artifact_cache_dir=Path(cache_dir) if cache_dir else model_dir / ".cache",
+            queue_type=_queue_type(env),
+            confirm_publish=_flag(env, "PREDQ_CONFIRM_PUBLISH", True),
+            delivery_limit=_int(env, "PREDQ_DELIVERY_LIMIT", defaults.DELIVERY_LIMIT),
+            amqp_heartbeat_s=_int(env, "PREDQ_AMQP_HEARTBEAT", defaults.AMQP_HEARTBEAT_S),
+            sentinel_master=master,
         )
 
     def celery_config(self) -> dict[str, Any]:
@@ -145,7 +176,18 @@ class Settings:
             transport["priority_steps"] = [0]
         if self.broker_url.startswith("filesystem://"):
             transport.update(_filesystem_folders(self.broker_url))
-        return {
+        if brokers.is_sentinel(self.broker_url):
+            transport.update(brokers.sentinel_options(self.sentinel_master))
+        backend_transport: dict[str, Any] = {
+            "visibility_timeout": self.visibility_timeout_s,
+            # Celery's default retries a lost result connection ~20 times (19 s,
+            # ignoring get(timeout=)); a few quick tries, then a clear error.
+            "retry_policy": {"max_retries": 3, "interval_start": 0,
+                             "interval_step": 0.5, "interval_max": 1},
+        }
+        if brokers.is_sentinel(self.result_backend):
+            backend_transport.update(brokers.sentinel_options(self.sentinel_master))
+        config = {
             # A bare rediss:// would make kombu fall back to CERT_NONE: verify instead.
             "broker_url": _verified_rediss(_kombu_url(self.broker_url)),
             "result_backend": _verified_rediss(self.result_backend),
@@ -157,13 +199,7 @@ class Settings:
             "task_reject_on_worker_lost": True,
             "worker_prefetch_multiplier": 1,
             "broker_transport_options": transport,
-            "result_backend_transport_options": {
-                "visibility_timeout": self.visibility_timeout_s,
-                # Celery's default retries a lost result connection ~20 times (19 s,
-                # ignoring get(timeout=)); a few quick tries, then a clear error.
-                "retry_policy": {"max_retries": 3, "interval_start": 0,
-                                 "interval_step": 0.5, "interval_max": 1},
-            },
+            "result_backend_transport_options": backend_transport,
             "broker_connection_retry_on_startup": True,
             "broker_connection_timeout": self.connect_timeout_s,
             "redis_socket_connect_timeout": self.connect_timeout_s,
@@ -174,6 +210,11 @@ class Settings:
             "task_send_sent_event": True,
             "worker_hijack_root_logger": False,
         }
+        if brokers.is_amqp(self.broker_url):
+            # RabbitMQ acknowledges natively: none of Redis's visibility-timeout options.
+            config.update(brokers.amqp_config(self.queue_type, self.delivery_limit,
+                                              self.confirm_publish, self.amqp_heartbeat_s))
+        return config
 
     def describe(self) -> dict[str, str]:
         """Settings as strings with passwords and the signing key masked, safe to log."""

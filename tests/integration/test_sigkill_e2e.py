@@ -9,6 +9,7 @@ import pytest
 
 from tests.support import models
 from tests.support.db import fetch
+from tests.support.rabbit import Broker
 from tests.support.workerproc import WorkerProcess, client_app, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -35,9 +36,9 @@ def wait_for_rows(url: str, at_least: int, timeout: float) -> tuple[int, int]:
 
 
 def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
-        pg_url: str, redis_url: str, tmp_path: Path) -> None:
+        pg_url: str, broker: Broker, tmp_path: Path) -> None:
     models.register(pg_url, "v1")
-    env = worker_env(pg_url, redis_url, tmp_path, PREDQ_VISIBILITY_TIMEOUT="5")
+    env = worker_env(pg_url, broker.url, tmp_path, **broker.env(), PREDQ_VISIBILITY_TIMEOUT="5")
     app = client_app(env)
     feats = models.rows(TASKS)
     first = WorkerProcess(env, "victim", tmp_path / "victim.log", concurrency=16)
