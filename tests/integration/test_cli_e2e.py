@@ -1,5 +1,5 @@
-"""The `predq` CLI end to end: real worker subprocesses on Redis and on RabbitMQ, a fresh Postgres database,
-every command run as its own process (`python -m producer.cli`)."""
+"""The `predq` CLI end to end: real worker subprocesses on Redis and on RabbitMQ, a fresh
+Postgres database, every command run as its own process (`python -m producer.cli`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def env(pg_url: str, broker: Broker, tmp_path: Path) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith("PREDQ_") and k != "DATABASE_URL"}
-    return {**base, "DATABASE_URL": pg_url, **broker.env(), "PREDQ_MODEL_DIR": str(tmp_path / "models"),
+    return {**base, "DATABASE_URL": pg_url, **broker.env(),
+            "PREDQ_MODEL_DIR": str(tmp_path / "models"),
             "PREDQ_SPOOL_DIR": str(tmp_path / "spool"), "PREDQ_GENERATION_POLL": "0.5",
             "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
 
