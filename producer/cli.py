@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 
 from modelstore.engine import redact_url
 from modelstore.errors import PredqError
-from producer import cli_ops, cli_register
+from producer import cli_dead, cli_ops, cli_register
 from producer.cli_context import CliState, state
 from producer.files import read_table, results_frame, write_table
 from producer.worker_procs import worker_command
@@ -194,6 +194,7 @@ def demo(workdir: Path, rows: int, model: str | None) -> None:
 
 
 cli.add_command(cli_register.register)
+cli.add_command(cli_dead.dead)
 for _command in cli_ops.COMMANDS:
     cli.add_command(_command)
 

@@ -40,12 +40,6 @@ def queue_types(vhost: str) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in out.strip().splitlines() if "\t" in line)
 
 
-def queue_depths(vhost: str) -> dict[str, int]:
-    out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages", "--no-table-headers")
-    return {name: int(n) for name, n in (line.split("\t", 1) for line in
-                                         out.strip().splitlines() if "\t" in line)}
-
-
 @dataclass(frozen=True)
 class Broker:
     """A broker for one test and the result backend that goes with it."""
