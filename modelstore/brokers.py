@@ -97,3 +97,12 @@ def signal_url(broker_url: str, result_backend: str) -> str | None:
         if is_redis(url):
             return url
     return None
+
+
+def result_backend_url(url: str) -> str:
+    """Celery's database backend with the driver predq ships: SQLAlchemy 2.1 maps a bare
+    postgresql:// to psycopg 3, which is not installed."""
+    for bare in ("db+postgresql://", "db+postgres://"):
+        if url.startswith(bare):
+            return "db+postgresql+psycopg2://" + url.removeprefix(bare)
+    return url

@@ -190,7 +190,7 @@ class Settings:
         config = {
             # A bare rediss:// would make kombu fall back to CERT_NONE: verify instead.
             "broker_url": _verified_rediss(_kombu_url(self.broker_url)),
-            "result_backend": _verified_rediss(self.result_backend),
+            "result_backend": _verified_rediss(brokers.result_backend_url(self.result_backend)),
             "task_serializer": "json",
             "result_serializer": "json",
             "accept_content": ["json"],
