@@ -135,9 +135,17 @@ def redis_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture(scope="session")
+def vhost_reaper() -> Iterator[rabbit.VhostReaper]:
+    reaper = rabbit.VhostReaper()
+    yield reaper
+    reaper.wait()
+
+
 @pytest.fixture
-def amqp_url() -> Iterator[str]:
-    """A fresh RabbitMQ virtual host of this test's own, deleted afterwards."""
+def amqp_url(vhost_reaper: rabbit.VhostReaper) -> Iterator[str]:
+    """A fresh RabbitMQ virtual host of this test's own, deleted afterwards (in the
+    background: nothing of the next test touches it)."""
     import subprocess
 
     from kombu import Connection
@@ -155,7 +163,7 @@ def amqp_url() -> Iterator[str]:
     except (OSError, OperationalError) as exc:
         unavailable(f"RabbitMQ at {rabbit.AMQP_SERVER_URL}", exc)
     finally:
-        rabbit.delete_vhost(vhost)
+        vhost_reaper.delete(vhost)
 
 
 @pytest.fixture(params=["redis", "amqp"])

@@ -96,7 +96,9 @@ def rabbit_down() -> Iterator[None]:
 
 
 def test_rabbitmq_restart_under_load_loses_no_confirmed_task(
-        pg_url: str, amqp_url: str, redis_url: str, tmp_path: Path) -> None:
+        pg_url: str, amqp_url: str, redis_url: str, tmp_path: Path,
+        vhost_reaper: rabbit.VhostReaper) -> None:
+    vhost_reaper.wait()  # earlier tests' vhost deletions finish before the app stops
     models.register(pg_url, "v1")
     env = worker_env(pg_url, amqp_url, tmp_path, PREDQ_RESULT_BACKEND=redis_url)
     feats = models.rows(50)

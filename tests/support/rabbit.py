@@ -30,6 +30,28 @@ def delete_vhost(vhost: str) -> None:
     rabbitmqctl("delete_vhost", vhost)
 
 
+class VhostReaper:
+    """Deletes virtual hosts in the background (each deletion takes seconds: its quorum
+    queues are shut down); `wait()` at the end of the session reaps every deletion."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def delete(self, vhost: str) -> None:
+        self._procs.append(subprocess.Popen(["rabbitmqctl", "-q", "delete_vhost", vhost],
+                                            stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL))
+
+    def wait(self) -> None:
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=RABBITMQCTL_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+
+
 def vhost_url(vhost: str) -> str:
     return f"{AMQP_SERVER_URL}/{quote(vhost, safe='')}"
 
