@@ -178,16 +178,7 @@ class Settings:
             transport.update(_filesystem_folders(self.broker_url))
         if brokers.is_sentinel(self.broker_url):
             transport.update(brokers.sentinel_options(self.sentinel_master))
-        backend_transport: dict[str, Any] = {
-            "visibility_timeout": self.visibility_timeout_s,
-            # Celery's default retries a lost result connection ~20 times (19 s,
-            # ignoring get(timeout=)); a few quick tries, then a clear error.
-            "retry_policy": {"max_retries": 3, "interval_start": 0,
-                             "interval_step": 0.5, "interval_max": 1},
-        }
-        if brokers.is_sentinel(self.result_backend):
-            backend_transport.update(brokers.sentinel_options(self.sentinel_master))
-        config = {
+        config: dict[str, Any] = {
             # A bare rediss:// would make kombu fall back to CERT_NONE: verify instead.
             "broker_url": _verified_rediss(_kombu_url(self.broker_url)),
             "result_backend": _verified_rediss(brokers.result_backend_url(self.result_backend)),
@@ -199,7 +190,13 @@ class Settings:
             "task_reject_on_worker_lost": True,
             "worker_prefetch_multiplier": 1,
             "broker_transport_options": transport,
-            "result_backend_transport_options": backend_transport,
+            "result_backend_transport_options": {
+                "visibility_timeout": self.visibility_timeout_s,
+                # Celery's default retries a lost result connection ~20 times (19 s,
+                # ignoring get(timeout=)); a few quick tries, then a clear error.
+                "retry_policy": {"max_retries": 3, "interval_start": 0,
+                                 "interval_step": 0.5, "interval_max": 1},
+            },
             "broker_connection_retry_on_startup": True,
             "broker_connection_timeout": self.connect_timeout_s,
             "redis_socket_connect_timeout": self.connect_timeout_s,
@@ -210,6 +207,9 @@ class Settings:
             "task_send_sent_event": True,
             "worker_hijack_root_logger": False,
         }
+        if brokers.is_sentinel(self.result_backend):
+            config["result_backend_transport_options"].update(
+                brokers.sentinel_options(self.sentinel_master))
         if brokers.is_amqp(self.broker_url):
             # RabbitMQ acknowledges natively: none of Redis's visibility-timeout options.
             config.update(brokers.amqp_config(self.queue_type, self.delivery_limit,
