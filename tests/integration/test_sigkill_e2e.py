@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -46,11 +47,17 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     try:
         first.start()
         first.wait_ready(app)
-        for i, f in enumerate(feats):
-            app.send_task("predq.predict", kwargs={"features": f, "request_id": f"kill-{i}"},
-                          ignore_result=True)
-        before_kill = wait_for_rows(pg_url, TASKS // 4, timeout=60)[0]
-        first.kill()
+        # Sent from a thread: a confirmed AMQP publish is slow enough under load that the
+        # worker would otherwise finish every task before the kill.
+        sender = threading.Thread(target=lambda: [app.send_task(
+            "predq.predict", kwargs={"features": f, "request_id": f"kill-{i}"},
+            ignore_result=True) for i, f in enumerate(feats)])
+        sender.start()
+        try:
+            before_kill = wait_for_rows(pg_url, TASKS // 4, timeout=60)[0]
+            first.kill()
+        finally:
+            sender.join(timeout=300)
         assert 0 < before_kill < TASKS, "the kill must land mid-stream"
         second.start()
         second.wait_ready(app)
