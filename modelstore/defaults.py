@@ -48,7 +48,8 @@ DELIVERY_LIMIT = 5
 """Deliveries of one message before RabbitMQ parks it in DEAD_QUEUE (PREDQ_DELIVERY_LIMIT)."""
 DEAD_QUEUE = "predq.dead"
 """Where poison messages are parked: a RabbitMQ queue, or a Redis list on a Redis broker."""
-AMQP_HEARTBEAT_S = 5
+AMQP_HEARTBEAT_S = 8
 """AMQP heartbeat: a silent worker's connection is closed after about two of these, and
-RabbitMQ requeues its unacknowledged messages (PREDQ_AMQP_HEARTBEAT). 10 s measured 30 s
-from a cut to the rescue; RabbitMQ advises 5-20 s."""
+RabbitMQ requeues its unacknowledged messages (PREDQ_AMQP_HEARTBEAT). Measured from a cut
+to the last task logged elsewhere: 5 s 20 s, 10 s 26-30 s; but 5 s dropped busy workers'
+connections on a machine at load average 10-20. RabbitMQ advises 5-20 s."""

@@ -19,7 +19,7 @@ def test_amqp_gets_a_quorum_queue_with_a_delivery_limit_and_dead_lettering() -> 
         "x-dead-letter-exchange": "predq.dead", "x-dead-letter-routing-key": "predq.dead"}
     assert config["task_default_queue_type"] == "quorum"
     assert config["broker_transport_options"] == {"confirm_publish": True}
-    assert config["broker_heartbeat"] == 5
+    assert config["broker_heartbeat"] == 8
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
 
 
