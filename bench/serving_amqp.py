@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from kombu import Connection
@@ -67,3 +67,8 @@ class AmqpBroker:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.pending(queue)} messages still pending on {queue}")
             time.sleep(POLL_S)
+
+
+def bench_broker(url: str) -> AbstractContextManager[str]:
+    """The broker URL a run uses: RabbitMQ in a fresh vhost, anything else as given."""
+    return fresh_vhost(url) if url.startswith("amqp") else nullcontext(url)

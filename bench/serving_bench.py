@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import pandas as pd
 import redis
 
 from bench import naive_app
-from bench.serving_amqp import AmqpBroker, fresh_vhost, rabbitmq_pid
+from bench.serving_amqp import AmqpBroker, bench_broker, rabbitmq_pid
 from bench.serving_ceiling import ceiling
 from bench.serving_cpu import CpuMeter, describe, with_children
 from bench.serving_load import (
@@ -371,15 +370,14 @@ def main() -> None:
     cfg = Config(**{**asdict(cfg), **overrides})
     command = " ".join(["python -m bench.serving_bench", *sys.argv[1:]])
     amqp = args.broker.startswith("amqp")
-    log(f"serving bench: {os.cpu_count()} cores, load average "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; broker "
-        f"{'RabbitMQ ' + args.broker.split('@')[-1] if amqp else REDIS_URL}, results {REDIS_URL}")
+    log(f"serving bench: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+        f"broker {args.broker.split('@')[-1]}, results {REDIS_URL}")
     started = time.perf_counter()
     flush = redis.Redis.from_url(REDIS_URL)
     flush.flushdb()
     try:
         with fresh_database() as url, tempfile.TemporaryDirectory() as tmp, \
-                (fresh_vhost(args.broker) if amqp else nullcontext(args.broker)) as broker:
+                bench_broker(args.broker) as broker:
             logs = args.logs or Path(tmp)
             logs.mkdir(parents=True, exist_ok=True)
             bench = Bench(cfg, url, Path(tmp), logs, broker)
