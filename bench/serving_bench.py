@@ -1,4 +1,5 @@
-"""Serving benchmark: `python -m bench.serving_bench` (needs the local PostgreSQL and Redis).
+"""Serving benchmark: `python -m bench.serving_bench` (needs the local PostgreSQL and Redis;
+`--broker amqp://...` runs it on RabbitMQ, see bench/serving_amqp.py).
 
 In one run, on a fresh Postgres database (dropped at the end) and a dedicated Redis
 database (flushed at start and end), with a ~33 MB RandomForest pipeline as production:
@@ -36,6 +37,7 @@ import pandas as pd
 import redis
 
 from bench import naive_app
+from bench.serving_amqp import AmqpBroker, bench_broker, rabbitmq_pid
 from bench.serving_ceiling import ceiling
 from bench.serving_cpu import CpuMeter, describe, with_children
 from bench.serving_load import (
@@ -106,28 +108,31 @@ def show(run: Run, unit: str, baseline: Run | None = None) -> None:
 
 
 class Bench:
-    def __init__(self, cfg: Config, url: str, tmp: Path, logs: Path) -> None:
+    def __init__(self, cfg: Config, url: str, tmp: Path, logs: Path,
+                 broker_url: str = REDIS_URL) -> None:
         self.cfg = cfg
         self.url = url
         self.tmp = tmp
         self.logs = logs
-        self.env = worker_env(url, REDIS_URL, tmp,
+        self.env = worker_env(url, broker_url, tmp, PREDQ_RESULT_BACKEND=REDIS_URL,
                               PREDQ_GENERATION_POLL=str(defaults.GENERATION_POLL_S),
                               PREDQ_WORKER_THREADS=str(cfg.concurrency))
         self.app = client_app(self.env)
-        self.broker = Broker(REDIS_URL)
+        amqp = broker_url.startswith("amqp")
+        self.broker: Broker | AmqpBroker = AmqpBroker(broker_url) if amqp else Broker(REDIS_URL)
         self.rows = RowCounter(get_engine(url))
         self.feats = feature_rows(5_000, seed=11)
         self.runs: dict[str, list[Run]] = {}
         self.extra: dict[str, Any] = {"batch_sizes": {}}
         self.worker_pids: list[int] = []
         self.worker_names = NODES
-        redis_pid = int(self.broker.client.info("server")["process_id"])
+        redis_pid = int(redis.Redis.from_url(REDIS_URL).info("server")["process_id"])
         self.meter = CpuMeter({
             "producer": lambda: [os.getpid()],
             "workers": lambda: with_children(self.worker_pids),
             "postgres": self.rows.backends,
             "redis": lambda: [redis_pid],
+            **({"rabbitmq": lambda: [rabbitmq_pid()]} if amqp else {}),
         })
 
     def fresh_app(self, task: str = "predq.ping", queue: str | None = None,
@@ -358,6 +363,9 @@ def main() -> None:
     parser.add_argument("--conventional", action="store_true",
                         help="start predq's workers with the bare `celery -A workers worker` "
                              "(no --pool/--concurrency: the app's own config decides)")
+    parser.add_argument("--broker", default=REDIS_URL,
+                        help="broker URL; amqp://user:pass@host:5672 runs in a fresh vhost "
+                        "(Redis stays the result backend); README untouched")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--logs", type=Path, help="keep the worker logs in this directory")
     parser.add_argument("--no-readme", action="store_true",
@@ -369,16 +377,18 @@ def main() -> None:
                                    ("conventional", args.conventional or None)) if v is not None}
     cfg = Config(**{**asdict(cfg), **overrides})
     command = " ".join(["python -m bench.serving_bench", *sys.argv[1:]])
-    log(f"serving bench: {os.cpu_count()} cores, load average "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; redis {REDIS_URL}")
+    amqp = args.broker.startswith("amqp")
+    log(f"serving bench: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+        f"broker {args.broker.split('@')[-1]}, results {REDIS_URL}")
     started = time.perf_counter()
     flush = redis.Redis.from_url(REDIS_URL)
     flush.flushdb()
     try:
-        with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
+        with fresh_database() as url, tempfile.TemporaryDirectory() as tmp, \
+                bench_broker(args.broker) as broker:
             logs = args.logs or Path(tmp)
             logs.mkdir(parents=True, exist_ok=True)
-            bench = Bench(cfg, url, Path(tmp), logs)
+            bench = Bench(cfg, url, Path(tmp), logs, broker)
             bench.register_models()
             bench.naive()
             bench.predq()
@@ -399,7 +409,7 @@ def main() -> None:
             "runs": {k: [dict(asdict(r), rate=r.rate) for r in v]
                      for k, v in bench.runs.items()},
             "extra": jsonable(bench.extra)}, indent=2))
-    if not args.quick and not args.no_readme:
+    if not args.quick and not args.no_readme and not amqp:
         update_readme(readme_block(command, today, bench, rows, where))
         log("\nwrote the summary into bench/README.md (Serving section)")
 

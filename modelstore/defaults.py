@@ -75,3 +75,15 @@ PRUNE_LOCK_TIMEOUT_MS = 2_000
 behind a waiting ACCESS EXCLUSIVE request, so it must be short)."""
 COPY_THRESHOLD_ROWS = 200
 """Below this many rows a multi-row VALUES insert beats COPY into a temp table."""
+
+QUEUE_TYPE = "quorum"
+"""RabbitMQ queue type of predq's task queue (PREDQ_QUEUE_TYPE): quorum or classic."""
+DELIVERY_LIMIT = 5
+"""Deliveries of one message before RabbitMQ parks it in DEAD_QUEUE (PREDQ_DELIVERY_LIMIT)."""
+DEAD_QUEUE = "predq.dead"
+"""Where poison messages are parked: a RabbitMQ queue, or a Redis list on a Redis broker."""
+AMQP_HEARTBEAT_S = 8
+"""AMQP heartbeat: a silent worker's connection is closed after about two of these, and
+RabbitMQ requeues its unacknowledged messages (PREDQ_AMQP_HEARTBEAT). Measured from a cut
+to the last task logged elsewhere: 5 s 20 s, 10 s 26-30 s; but 5 s dropped busy workers'
+connections on a machine at load average 10-20. RabbitMQ advises 5-20 s."""

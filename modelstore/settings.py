@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from modelstore import defaults
+from modelstore import brokers, defaults
 from modelstore.artifacts import Keys, parse_keys
 from modelstore.errors import ConfigError
 
@@ -60,8 +60,22 @@ def _margin(env: Mapping[str, str], name: str) -> float | None:
                   "must be a non-negative fraction")
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return (env.get(name) or "").strip().lower() in ("1", "true", "yes")
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected 1/0 (true/false), got {raw!r}")
+
+
+def _queue_type(env: Mapping[str, str]) -> str:
+    raw = (env.get("PREDQ_QUEUE_TYPE") or defaults.QUEUE_TYPE).strip().lower()
+    if raw not in brokers.QUEUE_TYPES:
+        raise ConfigError(f"PREDQ_QUEUE_TYPE: expected quorum or classic, got {raw!r}")
+    return raw
 
 
 def _grain(env: Mapping[str, str]) -> str:
@@ -162,6 +176,11 @@ class Settings:
     log_partition: str = defaults.LOG_PARTITION
     log_partitions_ahead: int = defaults.LOG_PARTITIONS_AHEAD
     log_retention_days: int = defaults.LOG_RETENTION_DAYS
+    queue_type: str = defaults.QUEUE_TYPE
+    confirm_publish: bool = True
+    delivery_limit: int = defaults.DELIVERY_LIMIT
+    amqp_heartbeat_s: int = defaults.AMQP_HEARTBEAT_S
+    sentinel_master: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -170,10 +189,13 @@ class Settings:
         broker = _broker_url(env)
         model_dir = Path(env.get("PREDQ_MODEL_DIR") or defaults.DEFAULT_MODEL_DIR)
         cache_dir = env.get("PREDQ_ARTIFACT_CACHE_DIR")
+        backend = env.get("PREDQ_RESULT_BACKEND") or broker
+        master = (env.get("PREDQ_SENTINEL_MASTER") or "").strip() or None
+        brokers.check_urls(broker, backend, bool(env.get("PREDQ_RESULT_BACKEND")), master)
         return cls(
             database_url=_database_url(env),
             broker_url=broker,
-            result_backend=env.get("PREDQ_RESULT_BACKEND") or broker,
+            result_backend=backend,
             model_dir=model_dir,
             signing_key=parse_keys(env.get("PREDQ_SIGNING_KEY")),
             allow_unsigned_pickle=_flag(env, "PREDQ_ALLOW_UNSIGNED_PICKLE"),
@@ -205,6 +227,11 @@ class Settings:
             log_partitions_ahead=_int(env, "PREDQ_LOG_PARTITIONS_AHEAD",
                                       defaults.LOG_PARTITIONS_AHEAD),
             log_retention_days=_retention(env),
+            queue_type=_queue_type(env),
+            confirm_publish=_flag(env, "PREDQ_CONFIRM_PUBLISH", True),
+            delivery_limit=_int(env, "PREDQ_DELIVERY_LIMIT", defaults.DELIVERY_LIMIT),
+            amqp_heartbeat_s=_int(env, "PREDQ_AMQP_HEARTBEAT", defaults.AMQP_HEARTBEAT_S),
+            sentinel_master=master,
         )
 
     def celery_config(self) -> dict[str, Any]:
@@ -224,10 +251,12 @@ class Settings:
             transport["priority_steps"] = [0]
         if self.broker_url.startswith("filesystem://"):
             transport.update(_filesystem_folders(self.broker_url))
-        return {
+        if brokers.is_sentinel(self.broker_url):
+            transport.update(brokers.sentinel_options(self.sentinel_master))
+        config: dict[str, Any] = {
             # A bare rediss:// would make kombu fall back to CERT_NONE: verify instead.
             "broker_url": _verified_rediss(_kombu_url(self.broker_url)),
-            "result_backend": _verified_rediss(self.result_backend),
+            "result_backend": _verified_rediss(brokers.result_backend_url(self.result_backend)),
             "task_serializer": "json",
             "result_serializer": "json",
             "accept_content": ["json"],
@@ -253,6 +282,14 @@ class Settings:
             "task_send_sent_event": True,
             "worker_hijack_root_logger": False,
         }
+        if brokers.is_sentinel(self.result_backend):
+            config["result_backend_transport_options"].update(
+                brokers.sentinel_options(self.sentinel_master))
+        if brokers.is_amqp(self.broker_url):
+            # RabbitMQ acknowledges natively: none of Redis's visibility-timeout options.
+            config.update(brokers.amqp_config(self.queue_type, self.delivery_limit,
+                                              self.confirm_publish, self.amqp_heartbeat_s))
+        return config
 
     def describe(self) -> dict[str, str]:
         """Settings as strings with passwords and the signing key masked, safe to log."""

@@ -21,7 +21,7 @@ from rich.logging import RichHandler
 
 from modelstore.engine import redact_url
 from modelstore.errors import PredqError
-from producer import cli_db, cli_ops, cli_register
+from producer import cli_db, cli_dead, cli_ops, cli_register
 from producer.cli_context import CliState, state
 from producer.cli_predict import FileRequest, predict_file
 from producer.errors import PredictionError
@@ -194,6 +194,7 @@ for _db_command in cli_db.COMMANDS:
     db.add_command(_db_command)
 cli.add_command(cli_register.register)
 cli.add_command(cli_register.sign)
+cli.add_command(cli_dead.dead)
 for _command in cli_ops.COMMANDS:
     cli.add_command(_command)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from amqp.exceptions import AMQPError, MessageNacked
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -49,7 +50,9 @@ STORE_MODEL = "predq.store_model"
 BACKFILL = "predq.backfill_actuals"
 DEFAULT_MODEL = defaults.DEFAULT_MODEL_NAME
 FILESYSTEM_TRANSPORT = "producer.fs_transport:Transport"
-_SEND_ERRORS = (KombuOperationalError, RedisError, OSError)
+# AMQPError: a channel or connection the broker closed; MessageNacked: a publish the broker
+# refused to confirm (confirm_publish). Both mean "not accepted": never silently dropped.
+_SEND_ERRORS = (KombuOperationalError, RedisError, OSError, AMQPError, MessageNacked)
 _POLL_S = 0.1
 _CHUNK_ROW = re.compile(r"^rows\[(\d+)\]")
 _DISCOVERY_S = 0.5

@@ -27,3 +27,7 @@ class ResultTimeout(PredqError):
 
 class TaskFailed(PredqError):
     """Raised when a task raised on the worker instead of returning a result."""
+
+
+class DeadLetterError(PredqError):
+    """Raised when a parked message cannot be read back or requeued as it stands."""

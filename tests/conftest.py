@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 from modelstore.engine import dispose_engines
+from tests.support import rabbit
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -132,6 +133,46 @@ def redis_url() -> Iterator[str]:
         if admin.get(key) == token.encode():
             admin.delete(key)
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def vhost_reaper() -> Iterator[rabbit.VhostReaper]:
+    reaper = rabbit.VhostReaper()
+    yield reaper
+    reaper.wait()
+
+
+@pytest.fixture
+def amqp_url(vhost_reaper: rabbit.VhostReaper) -> Iterator[str]:
+    """A fresh RabbitMQ virtual host of this test's own, deleted afterwards (in the
+    background: nothing of the next test touches it)."""
+    import subprocess
+
+    from kombu import Connection
+    from kombu.exceptions import OperationalError
+
+    try:
+        vhost = rabbit.add_vhost()
+    except (OSError, subprocess.SubprocessError) as exc:
+        unavailable("RabbitMQ (rabbitmqctl add_vhost)", exc)
+    url = rabbit.vhost_url(vhost)
+    try:
+        with Connection(url, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1)
+        yield url
+    except (OSError, OperationalError) as exc:
+        unavailable(f"RabbitMQ at {rabbit.AMQP_SERVER_URL}", exc)
+    finally:
+        vhost_reaper.delete(vhost)
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(request: pytest.FixtureRequest, redis_url: str) -> rabbit.Broker:
+    """The same test on Redis and on RabbitMQ (with Redis as its result backend)."""
+    if request.param == "redis":
+        return rabbit.Broker("redis", redis_url, redis_url)
+    url = str(request.getfixturevalue("amqp_url"))
+    return rabbit.Broker("amqp", url, redis_url, vhost=url.rsplit("/", 1)[1])
 
 
 @pytest.fixture

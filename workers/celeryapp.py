@@ -22,11 +22,12 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from modelstore import brokers
 from modelstore.defaults import DEFAULT_MODEL_NAME
 from modelstore.engine import redact_url
 from modelstore.errors import PredqError
 from modelstore.settings import Settings
-from workers import board, control, fastjson, fastrepr, metrics, quality_gate
+from workers import amqp, board, control, fastjson, fastrepr, metrics, quality_gate
 from workers.state import close_state, get_state
 from workers.tasks import register_tasks
 
@@ -45,7 +46,10 @@ def create_app(settings: Settings) -> Celery:
         app.conf.broker_transport = "producer.fs_transport:Transport"
         app.conf.broker_url = "filesystem://localhost/"
     if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Only plain Redis: sentinel:// keeps kombu's own transport, amqp:// acks natively.
         app.conf.broker_transport = "workers.transport:ReliableTransport"
+    if brokers.is_amqp(settings.broker_url):
+        amqp.install(app)
     register_tasks(app, settings)
     _connect_signals(settings)
     return app

@@ -15,6 +15,7 @@ from typing import Any
 
 from celery.worker.control import control_command
 
+from modelstore.brokers import signal_url
 from workers import board
 from workers.signal import GenerationSignal
 from workers.state import current_state
@@ -67,7 +68,9 @@ def predq_promote(panel: Any, model: str | None = None, generation: int | None =
 def _main_signal(panel: Any) -> GenerationSignal:
     """The signal client of a main process that serves nothing itself (prefork)."""
     if "signal" not in _MAIN:
-        _MAIN["signal"] = GenerationSignal(str(panel.consumer.app.conf.broker_url))
+        conf = panel.consumer.app.conf
+        _MAIN["signal"] = GenerationSignal(signal_url(str(conf.broker_url),
+                                                      str(conf.result_backend)))
     return _MAIN["signal"]
 
 

@@ -1,5 +1,9 @@
 """A cheap shared signal of the production generation, per model name, in Redis.
 
+The Redis is the broker's, or on RabbitMQ the Redis result backend's
+(modelstore.brokers.signal_url); with neither, the signal is off and processes converge
+by polling Postgres.
+
 Whoever learns of a promote (a node's main process handling the `predq_promote`
 broadcast, or a worker that promoted in `predq.store_model`) raises the key; every
 serving process peeks at it before a batch, at most every SIGNAL_POLL_S, and wakes its
@@ -24,13 +28,13 @@ CONNECT_TIMEOUT_S = 1.0
 
 
 class GenerationSignal:
-    """One per serving process; a no-op unless the broker is Redis."""
+    """One per serving process; a no-op without a Redis URL."""
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, url: str | None) -> None:
         self._client: redis.Redis | None = None
-        if broker_url.startswith(("redis://", "rediss://")):
+        if url is not None and url.startswith(("redis://", "rediss://")):
             self._client = redis.Redis.from_url(
-                broker_url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                url, socket_connect_timeout=CONNECT_TIMEOUT_S,
                 socket_timeout=CONNECT_TIMEOUT_S)
         self._seen: dict[str, tuple[float, int | None]] = {}
 

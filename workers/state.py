@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from modelstore import defaults
+from modelstore.brokers import signal_url
 from modelstore.db import ModelEvaluationDB
 from modelstore.engine import dispose_engines
 from modelstore.errors import (
@@ -65,7 +66,7 @@ class ServingState:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._promoted_at: dict[str, float] = {}
-        self.signal = GenerationSignal(settings.broker_url)
+        self.signal = GenerationSignal(signal_url(settings.broker_url, settings.result_backend))
         self._posted: dict[str, Any] | None = None
         self._refresher = threading.Thread(target=self._refresh_loop, name="predq-refresher",
                                            daemon=True)

@@ -1,5 +1,5 @@
-"""The `predq` CLI end to end: real worker subprocesses on Redis, a fresh Postgres database,
-every command run as its own process (`python -m producer.cli`)."""
+"""The `predq` CLI end to end: real worker subprocesses on Redis and on RabbitMQ, a fresh
+Postgres database, every command run as its own process (`python -m producer.cli`)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,18 @@ from modelstore.settings import Settings
 from producer.client import PredqClient
 from producer.sample import FEATURES, TARGET, make_cars, train_pipeline
 from producer.worker_procs import WorkerGroup
+from tests.support.rabbit import Broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def env(pg_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+def env(pg_url: str, broker: Broker, tmp_path: Path) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith("PREDQ_") and k != "DATABASE_URL"}
-    return {**base, "DATABASE_URL": pg_url, "PREDQ_BROKER_URL": redis_url,
-            "PREDQ_RESULT_BACKEND": redis_url, "PREDQ_MODEL_DIR": str(tmp_path / "models"),
+    return {**base, "DATABASE_URL": pg_url, **broker.env(),
+            "PREDQ_MODEL_DIR": str(tmp_path / "models"),
             "PREDQ_SPOOL_DIR": str(tmp_path / "spool"), "PREDQ_GENERATION_POLL": "0.5",
             "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
 

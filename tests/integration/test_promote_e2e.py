@@ -13,6 +13,7 @@ from celery import Celery
 from modelstore import ModelEvaluationDB
 from tests.support import models
 from tests.support.db import fetch
+from tests.support.rabbit import Broker
 from tests.support.workerproc import WorkerProcess, client_app, running_workers, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -66,11 +67,11 @@ def promote_and_wait(app: Celery, url: str, version: str, nodes: int) -> float:
 
 
 def test_promote_under_load_switches_every_process_and_keeps_version_truth(
-        pg_url: str, redis_url: str, tmp_path: Path) -> None:
+        pg_url: str, broker: Broker, tmp_path: Path) -> None:
     models.register(pg_url, "v1")
     models.register(pg_url, "v2", offset=models.V2_OFFSET, promote=False)
     # A long poll interval: the switch must come from the broadcast, not the poll.
-    env = worker_env(pg_url, redis_url, tmp_path, PREDQ_GENERATION_POLL="30")
+    env = worker_env(pg_url, broker.url, tmp_path, **broker.env(), PREDQ_GENERATION_POLL="30")
     app = client_app(env)
     feats = models.rows(200)
     results: list[dict[str, Any]] = []
@@ -134,11 +135,12 @@ def test_worker_started_after_promote_serves_new_version_first(
 
 
 def test_prefork_children_converge_through_the_shared_signal(
-        pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    """Remote control reaches only the main process; children must follow the signal."""
+        pg_url: str, broker: Broker, tmp_path: Path) -> None:
+    """Remote control reaches only the main process; children must follow the signal (on
+    RabbitMQ it lives in the Redis result backend)."""
     models.register(pg_url, "v1")
     models.register(pg_url, "v2", offset=models.V2_OFFSET, promote=False)
-    env = worker_env(pg_url, redis_url, tmp_path, PREDQ_GENERATION_POLL="60")
+    env = worker_env(pg_url, broker.url, tmp_path, **broker.env(), PREDQ_GENERATION_POLL="60")
     app = client_app(env)
     feats = models.rows(40)
     with running_workers(env, tmp_path, names=("pf",), app=app, concurrency=2, pool="prefork"):

@@ -1,4 +1,5 @@
-"""The serving core end to end: real worker subprocesses, real Postgres and Redis."""
+"""The serving core end to end: real worker subprocesses, real Postgres, on Redis and on
+RabbitMQ (the `broker` fixture)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from producer.sample import FEATURES
 from tests.support import models
 from tests.support.db import fetch
+from tests.support.rabbit import Broker
 from tests.support.workerproc import client_app, running_workers, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -22,10 +24,10 @@ def logged(url: str) -> pd.DataFrame:
                         columns=["request_id", "model_version", "model_sha256",
                                  "predicted_value"])
 
-def test_single_row_stream_matches_in_process_predict(pg_url: str, redis_url: str,
+def test_single_row_stream_matches_in_process_predict(pg_url: str, broker: Broker,
                                                       tmp_path: Path) -> None:
     models.register(pg_url, "v1")
-    env = worker_env(pg_url, redis_url, tmp_path)
+    env = worker_env(pg_url, broker.url, tmp_path, **broker.env())
     app = client_app(env)
     feats = models.rows(300)
     ids = [str(uuid.uuid4()) for _ in feats]
@@ -43,10 +45,10 @@ def test_single_row_stream_matches_in_process_predict(pg_url: str, redis_url: st
     assert set(frame.model_version) == {"v1"}
 
 
-def test_mixed_batch_bad_rows_get_errors_good_rows_are_logged(pg_url: str, redis_url: str,
+def test_mixed_batch_bad_rows_get_errors_good_rows_are_logged(pg_url: str, broker: Broker,
                                                               tmp_path: Path) -> None:
     models.register(pg_url, "v1")
-    env = worker_env(pg_url, redis_url, tmp_path)
+    env = worker_env(pg_url, broker.url, tmp_path, **broker.env())
     app = client_app(env)
     good = models.rows(4)
     bad = [

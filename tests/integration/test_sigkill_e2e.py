@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from tests.support import models
 from tests.support.db import fetch
+from tests.support.rabbit import Broker
 from tests.support.workerproc import WorkerProcess, client_app, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -35,9 +37,9 @@ def wait_for_rows(url: str, at_least: int, timeout: float) -> tuple[int, int]:
 
 
 def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
-        pg_url: str, redis_url: str, tmp_path: Path) -> None:
+        pg_url: str, broker: Broker, tmp_path: Path) -> None:
     models.register(pg_url, "v1")
-    env = worker_env(pg_url, redis_url, tmp_path, PREDQ_VISIBILITY_TIMEOUT="5")
+    env = worker_env(pg_url, broker.url, tmp_path, **broker.env(), PREDQ_VISIBILITY_TIMEOUT="5")
     app = client_app(env)
     feats = models.rows(TASKS)
     first = WorkerProcess(env, "victim", tmp_path / "victim.log", concurrency=16)
@@ -45,11 +47,17 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     try:
         first.start()
         first.wait_ready(app)
-        for i, f in enumerate(feats):
-            app.send_task("predq.predict", kwargs={"features": f, "request_id": f"kill-{i}"},
-                          ignore_result=True)
-        before_kill = wait_for_rows(pg_url, TASKS // 4, timeout=60)[0]
-        first.kill()
+        # Sent from a thread: a confirmed AMQP publish is slow enough under load that the
+        # worker would otherwise finish every task before the kill.
+        sender = threading.Thread(target=lambda: [app.send_task(
+            "predq.predict", kwargs={"features": f, "request_id": f"kill-{i}"},
+            ignore_result=True) for i, f in enumerate(feats)])
+        sender.start()
+        try:
+            before_kill = wait_for_rows(pg_url, TASKS // 4, timeout=60)[0]
+            first.kill()
+        finally:
+            sender.join(timeout=300)
         assert 0 < before_kill < TASKS, "the kill must land mid-stream"
         second.start()
         second.wait_ready(app)

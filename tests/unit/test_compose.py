@@ -102,6 +102,20 @@ def test_redis_workers_init_and_flower(compose: dict[str, Any]) -> None:
     assert "@postgres:5432/" in env["DATABASE_URL"]
 
 
+def test_rabbitmq_profile_points_its_workers_at_rabbitmq(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    worker = services["worker-amqp"]
+    assert worker["profiles"] == ["rabbitmq"] and worker["command"] == ["predq", "worker"]
+    env = worker["environment"]
+    assert env["PREDQ_BROKER_URL"].startswith("amqp://predq:")
+    assert env["PREDQ_BROKER_URL"].endswith("@rabbitmq:5672//")
+    assert env["PREDQ_RESULT_BACKEND"].startswith("redis://redis:")
+    assert "@postgres:5432/" in env["DATABASE_URL"]
+    assert worker["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    assert services["rabbitmq"]["volumes"][0].split(":")[0] in compose["volumes"]
+
+
 def test_dockerfile_builds_from_python_311_slim_and_installs_the_project() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert [line for line in text.splitlines() if line.startswith("FROM ")] == [
