@@ -26,10 +26,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.faults.redisproc import RedisServer
 from tests.support import models
 from tests.support.db import fetch
-from tests.support.netns import VethNamespace, veth_namespace
+from tests.support.netns import VethNamespace, VethRedis, veth_namespace
 from tests.support.sleepy import SLEEPY_CALLS_ENV, SLEEPY_SECONDS_ENV, marks, register_sleepy
 from tests.support.workerproc import WorkerProcess, client_app, worker_env
 
@@ -51,19 +50,6 @@ class Broker:
     """Messages queued or held unacknowledged (0 once everything is done)."""
 
 
-class VethRedis(RedisServer):
-    """A private redis-server listening on 127.0.0.1 and on this end of the veth link."""
-
-    def __init__(self, workdir: Path, also_bind: str) -> None:
-        super().__init__(workdir)
-        self.also_bind = also_bind
-
-    def _args(self) -> list[str]:
-        args = super()._args()
-        at = args.index("--bind") + 2
-        return [*args[:at], self.also_bind, "--protected-mode", "no", *args[at:]]
-
-
 @contextmanager
 def redis_broker(ns: VethNamespace, workdir: Path) -> Iterator[Broker]:
     server = VethRedis(workdir, ns.host_ip).start()
@@ -73,7 +59,7 @@ def redis_broker(ns: VethNamespace, workdir: Path) -> Iterator[Broker]:
         return int(client.llen("predq")) + int(client.hlen("unacked"))
 
     try:
-        yield Broker(server.url(0), f"redis://{ns.host_ip}:{server.port}/0", depth)
+        yield Broker(server.url(0), server.link_url(0), depth)
     finally:
         client.close()
         server.stop()

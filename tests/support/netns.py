@@ -13,6 +13,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
+
+from tests.faults.redisproc import RedisServer
 
 SUBNET = "10.231.{}.0/30"
 
@@ -73,3 +76,20 @@ def veth_namespace() -> Iterator[VethNamespace]:
             ip("link", "del", ns.host_dev)
         with suppress(subprocess.CalledProcessError):
             ip("netns", "del", ns.name)
+
+
+class VethRedis(RedisServer):
+    """A private redis-server listening on 127.0.0.1 and on this end of the veth link."""
+
+    def __init__(self, workdir: Path, also_bind: str) -> None:
+        super().__init__(workdir)
+        self.also_bind = also_bind
+
+    def _args(self) -> list[str]:
+        args = super()._args()
+        at = args.index("--bind") + 2
+        return [*args[:at], self.also_bind, "--protected-mode", "no", *args[at:]]
+
+    def link_url(self, db: int = 0) -> str:
+        """The URL a host in the namespace uses, over the link."""
+        return f"redis://{self.also_bind}:{self.port}/{db}"
