@@ -77,11 +77,13 @@ class Heartbeat:
     """
 
     def __init__(self, owner: str, ttl_s: float, client_factory: Callable[[], Any],
-                 members: Callable[[], list[str]]) -> None:
+                 members: Callable[[], list[str] | None]) -> None:
+        """`members`: the fetch lists to keep registered, or None once the consumer is
+        gone (its channel closed or collected): the thread then stops."""
         self.owner = owner
         self.ttl_s = ttl_s
         self.every_s = ttl_s / BEATS_PER_TTL
-        self._client_factory = client_factory
+        self._client_factory: Callable[[], Any] | None = client_factory
         self._members = members
         self._client: Any = None
         self._last_ok: float | None = None
@@ -114,13 +116,19 @@ class Heartbeat:
         return None if self._last_ok is None else monotonic() - self._last_ok
 
     def beat(self) -> bool:
+        members = self._members()
+        if members is None:
+            self.stop()
+            return False
         sent_at = monotonic()  # the key lives TTL from when Redis saw it, later than this
         try:
-            if self._client is None:
-                self._client = self._client_factory()
+            if self._client is None and self._client_factory is not None:
+                # Made once (it reconnects by itself); the factory is dropped so that the
+                # thread holds no reference to the channel.
+                self._client, self._client_factory = self._client_factory(), None
             with self._client.pipeline(transaction=False) as pipe:
                 pipe.set(owner_key(self.owner), "1", px=int(self.ttl_s * 1000))
-                for member in self._members():
+                for member in members:
                     pipe.sadd(INFLIGHT_REGISTRY, member)
                 pipe.execute()
         except Exception:  # the beat loop's boundary, logged: retried next beat

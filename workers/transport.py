@@ -25,7 +25,8 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import monotonic, time
 from typing import Any
@@ -191,9 +192,8 @@ class ReliableChannel(kredis.Channel):
             return True
         beat = self._heartbeat
         if beat is None:
-            beat = self._heartbeat = Heartbeat(
-                self.owner, self.owner_ttl_s, self._beat_client,
-                lambda: [self._inflight_key(s) for s in [self._reliable_source()] if s])
+            beat = self._heartbeat = Heartbeat(self.owner, self.owner_ttl_s,
+                                               self._beat_client, _fetch_lists(self))
             if beat.start():
                 # A new channel in this process means the previous one died with its
                 # connection (a Redis restart): what it had fetched is ours to return.
@@ -334,6 +334,21 @@ class ReliableChannel(kredis.Channel):
                         "the queue", len(tags), sorted(lapsed))
             metrics.observe_returned("owner_lapsed", len(tags))
         return len(tags)
+
+
+def _fetch_lists(channel: ReliableChannel) -> Callable[[], list[str] | None]:
+    """The heartbeat's view of its channel: by weak reference, so a channel dropped without
+    close() stops its heartbeat (its owner then lapses, and its messages come back)."""
+    ref = weakref.ref(channel)
+
+    def members() -> list[str] | None:
+        live = ref()
+        if live is None or live.closed:
+            return None
+        source = live._reliable_source()
+        return [live._inflight_key(source)] if source else []
+
+    return members
 
 
 class ReliableTransport(kredis.Transport):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import redis
@@ -50,10 +50,8 @@ def _publish(url: str) -> None:
 def _drain(conn: Connection, got: list[Any], count: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while len(got) < count and time.monotonic() < deadline:
-        try:
+        with suppress(TimeoutError):
             conn.drain_events(timeout=0.5)
-        except TimeoutError:
-            pass
     assert len(got) >= count, f"received {len(got)} of {count} messages"
 
 
@@ -146,10 +144,8 @@ def test_consumer_without_a_heartbeat_takes_no_work(redis_url: str) -> None:
         assert not channel.qos.can_consume()
         time.sleep(1.5)
         for _ in range(3):
-            try:
+            with suppress(TimeoutError):
                 conn.drain_events(timeout=0.3)
-            except TimeoutError:
-                pass
         assert got == []
     assert redis.Redis.from_url(redis_url).llen(QUEUE) == 1
 
