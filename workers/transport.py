@@ -257,8 +257,9 @@ class ReliableChannel(kredis.Channel):
             # QoS.append records it in `unacked` and moves it out of the in-flight list.
             self.connection._deliver(payload, source)
         except BaseException:
-            with self.conn_or_acquire() as client:
-                client.pipeline().lrem(inflight, 1, item).rpush(source, item).execute()
+            if self._arrived is not None:  # not recorded as delivered yet: put it back
+                with self.conn_or_acquire() as client:
+                    client.pipeline().lrem(inflight, 1, item).rpush(source, item).execute()
             raise
         finally:
             handed_over = self._arrived is None
