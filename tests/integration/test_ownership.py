@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
+from workers import metrics
 from workers.ownership import OWNERS_KEY, Heartbeat, owner_key
 from workers.transport import ReliableChannel, ReliableTransport
 
@@ -55,6 +56,13 @@ def _drain(conn: Connection, got: list[Any], count: int, timeout: float = 10) ->
     assert len(got) >= count, f"received {len(got)} of {count} messages"
 
 
+def _returned() -> float:
+    registry = metrics.get_metrics().registry
+    value = registry.get_sample_value("predq_broker_returned_messages_total",
+                                      {"reason": "owner_lapsed"})
+    return value or 0.0
+
+
 def _owner(client: redis.Redis, message: Any) -> str | None:
     raw = client.hget(OWNERS_KEY, message.delivery_tag)
     return None if raw is None else raw.decode()
@@ -84,8 +92,10 @@ def test_lapsed_owner_messages_are_returned_and_late_ack_is_harmless(redis_url: 
         time.sleep(1.5)
         assert not client.exists(owner_key(dead_channel.owner))
         with _consumer(redis_url, alive) as (conn, channel):
+            before = _returned()
             # The sweep of a live consumer (run each unacked_restore_interval).
             channel.qos.restore_visible(interval=1)
+            assert _returned() == before + 1
             _drain(conn, alive, 1)
             assert alive[0].payload == BODY
             assert _owner(client, alive[0]) == channel.owner
