@@ -43,6 +43,7 @@ from workers.ownership import (
     ACK_SCRIPT,
     INFLIGHT_REGISTRY,
     INFLIGHT_SEP,
+    OWNER_PREFIX,
     OWNERS_KEY,
     Heartbeat,
     lapsed_owners,
@@ -51,7 +52,8 @@ from workers.ownership import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INFLIGHT_SEP", "ReliableChannel", "ReliableQoS", "ReliableTransport"]
+__all__ = ["INFLIGHT_SEP", "OWNER_PREFIX", "ReliableChannel", "ReliableQoS",
+           "ReliableTransport"]
 
 _OWN = object()
 """restore_by_tag's default: only what this channel holds (or nobody holds)."""
