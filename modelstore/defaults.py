@@ -18,6 +18,11 @@ WORKER_CHECK_S = 1.0
 when none answers (the request stays queued)."""
 
 VISIBILITY_TIMEOUT_S = 3600
+"""Redis only: a delivered message nobody is known to hold returns after this (last resort)."""
+OWNER_TTL_S = 20
+"""Redis only: a consumer silent this long is dead; what it held goes back to the queue."""
+SWEEP_INTERVAL_S = 10
+"""Redis only: how often every consumer returns the messages of dead ones (at most)."""
 GENERATION_POLL_S = 2.0
 """Every serving process re-reads the production pointer at least this often."""
 SIGNAL_POLL_S = 0.1

@@ -157,6 +157,7 @@ class Settings:
     """PREDQ_ALLOW_UNSIGNED_PICKLE=1: accept unsigned joblib uploads from the queue (unsafe)."""
     skops_trusted: tuple[str, ...] = ()
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
+    owner_ttl_s: int = defaults.OWNER_TTL_S
     connect_timeout_s: int = defaults.CONNECT_TIMEOUT_S
     generation_poll_s: float = defaults.GENERATION_POLL_S
     max_batch_size: int = defaults.MAX_BATCH_SIZE
@@ -203,6 +204,7 @@ class Settings:
             visibility_timeout_s=_int(
                 env, "PREDQ_VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT_S
             ),
+            owner_ttl_s=_int(env, "PREDQ_OWNER_TTL", defaults.OWNER_TTL_S),
             connect_timeout_s=_int(env, "PREDQ_CONNECT_TIMEOUT", defaults.CONNECT_TIMEOUT_S),
             generation_poll_s=_float(env, "PREDQ_GENERATION_POLL", defaults.GENERATION_POLL_S),
             max_batch_size=_int(env, "PREDQ_MAX_BATCH_SIZE", defaults.MAX_BATCH_SIZE),
@@ -238,17 +240,21 @@ class Settings:
         """Celery configuration shared by workers and producers (a plain dict: the store
         imports nothing of Celery's). JSON only: pickle never crosses the wire."""
         # kombu sweeps abandoned (unacked) messages every interval x throttle seconds
-        # (10 x 10 by default): scale it to the visibility timeout so a SIGKILLed worker's
-        # messages come back soon after it expires, not minutes later.
+        # (10 x 10 by default). On Redis predq's transport sweeps for dead owners at the
+        # same tick: keep it well below the owner TTL and the visibility timeout, so a
+        # dead worker's messages come back within TTL + interval.
+        sweep = min(defaults.SWEEP_INTERVAL_S, self.visibility_timeout_s // 3,
+                    self.owner_ttl_s // 2)
         transport: dict[str, Any] = {
             "visibility_timeout": self.visibility_timeout_s,
-            "unacked_restore_interval": max(1, min(10, self.visibility_timeout_s // 3)),
+            "unacked_restore_interval": max(1, sweep),
             "unacked_restore_throttle": 1,
             "unacked_mutex_expire": 60,
         }
         if self.broker_url.startswith(("redis://", "rediss://")):
             # One list per queue: the workers' crash-safe fetch moves from a single key.
             transport["priority_steps"] = [0]
+            transport["owner_ttl"] = self.owner_ttl_s
         if self.broker_url.startswith("filesystem://"):
             transport.update(_filesystem_folders(self.broker_url))
         if brokers.is_sentinel(self.broker_url):

@@ -131,6 +131,12 @@ class PredqMetrics:
         self.refused = Counter("predq_artifact_refused", "Production artifacts this process "
                                "refused to serve (counted once per generation)", ["model"],
                                registry=r)
+        self.returned = Counter("predq_broker_returned_messages", "Unacknowledged messages "
+                                "this worker returned to the queue for another consumer",
+                                ["reason"], registry=r)
+        self.beat_age = Gauge("predq_broker_heartbeat_age_seconds", "Age of this consumer's "
+                              "last broker heartbeat (it takes no work past half the owner "
+                              "TTL)", registry=r, multiprocess_mode="livemax")
 
     def batch_children(self, model: str, version: str) -> _BatchChildren:
         key = (model, version)
@@ -248,6 +254,14 @@ def set_cached_models(model: str, count: int) -> None:
 
 def set_unknown_names(count: int) -> None:
     get_metrics().unknown_names.set(count)
+def observe_returned(reason: str, messages: int = 1) -> None:
+    """Messages of a lapsed owner (or past the visibility timeout) sent back to a queue."""
+    get_metrics().returned.labels(reason).inc(messages)
+
+
+def set_heartbeat_age(seconds: float | None) -> None:
+    if seconds is not None:
+        get_metrics().beat_age.set(seconds)
 
 
 def observe_switch(model: str, generation: int | None, lag_s: float | None,
