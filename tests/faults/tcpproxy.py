@@ -23,11 +23,13 @@ def free_port() -> int:
 
 
 class TcpProxy:
-    """127.0.0.1:<port> -> target_host:target_port, on an event loop in a daemon thread."""
+    """bind_host:<port> (127.0.0.1 unless a test's own veth address) ->
+    target_host:target_port, on an event loop in a daemon thread."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1",
-                 port: int | None = None) -> None:
+                 port: int | None = None, bind_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
+        self.bind_host = bind_host
         self.port = port or free_port()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy",
@@ -72,7 +74,7 @@ class TcpProxy:
 
     async def _listen(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port,
+            self._server = await asyncio.start_server(self._accept, self.bind_host, self.port,
                                                       reuse_address=True)
 
     async def _cut(self) -> None:

@@ -9,8 +9,10 @@ has not finished: they are the ones the other host must take over. It finishes t
 the link heals, and its late rows and acks must change nothing.
 
 Each broker is one entry of BROKERS: a context manager giving the URL for this host and
-the URL for the namespaced host (over the link). RabbitMQ is added there once its
-heartbeat setting lands (issue 13).
+the URL for the namespaced host (over the link). RabbitMQ listens on 127.0.0.1 only, so
+the namespaced host reaches it through a TCP proxy bound to this end of the link; when
+the link is cut, RabbitMQ stops hearing that worker's heartbeats (PREDQ_AMQP_HEARTBEAT)
+and requeues what it held.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support import models
+from tests.faults.tcpproxy import TcpProxy
+from tests.support import models, rabbit
 from tests.support.db import fetch
 from tests.support.netns import VethNamespace, VethRedis, veth_namespace
 from tests.support.sleepy import SLEEPY_CALLS_ENV, SLEEPY_SECONDS_ENV, marks, register_sleepy
@@ -38,6 +41,7 @@ TASKS = 2_000
 TAKEOVER_DEADLINE_S = 60.0
 THERE_PREDICT_S = 45
 PG_SOCKET_DIR = "/var/run/postgresql"
+AMQP_PORT = 5672
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Broker:
     """For the producer and the worker host in this namespace."""
     there_url: str
     """For the worker host in the namespace, over the veth link."""
+    here_backend: str
+    there_backend: str
     queue_depth: Callable[[], int]
     """Messages queued or held unacknowledged (0 once everything is done)."""
 
@@ -59,14 +65,38 @@ def redis_broker(ns: VethNamespace, workdir: Path) -> Iterator[Broker]:
         return int(client.llen("predq")) + int(client.hlen("unacked"))
 
     try:
-        yield Broker(server.url(0), server.link_url(0), depth)
+        yield Broker(server.url(0), server.link_url(0), server.url(0), server.link_url(0),
+                     depth)
     finally:
         client.close()
         server.stop()
 
 
+@contextmanager
+def amqp_broker(ns: VethNamespace, workdir: Path) -> Iterator[Broker]:
+    vhost = rabbit.add_vhost()
+    results = VethRedis(workdir, ns.host_ip).start()
+    proxy = TcpProxy(AMQP_PORT, bind_host=ns.host_ip).start()
+    here = rabbit.vhost_url(vhost)
+    there = here.replace(f"127.0.0.1:{AMQP_PORT}", f"{ns.host_ip}:{proxy.port}")
+
+    def depth() -> int:
+        out = rabbit.rabbitmqctl("list_queues", "-p", vhost, "name", "messages",
+                                 "--no-table-headers")
+        counts = dict(line.split("\t", 1) for line in out.strip().splitlines() if "\t" in line)
+        return int(counts.get("predq", "0"))
+
+    try:
+        yield Broker(here, there, results.url(1), results.link_url(1), depth)
+    finally:
+        proxy.close()
+        results.stop()
+        rabbit.delete_vhost(vhost)
+
+
 BROKERS: dict[str, Callable[[VethNamespace, Path], AbstractContextManager[Broker]]] = {
     "redis": redis_broker,
+    "amqp": amqp_broker,
 }
 
 
@@ -110,8 +140,10 @@ def test_cut_off_host_tasks_run_elsewhere_within_60s(
     calls = tmp_path / "calls.log"
     db_url = over_unix_socket(pg_url)
     with veth_namespace() as ns, BROKERS[broker_name](ns, tmp_path / "broker") as broker:
-        here_env = worker_env(db_url, broker.here_url, tmp_path / "here")
+        here_env = worker_env(db_url, broker.here_url, tmp_path / "here",
+                              PREDQ_RESULT_BACKEND=broker.here_backend)
         there_env = worker_env(db_url, broker.there_url, tmp_path / "there",
+                               PREDQ_RESULT_BACKEND=broker.there_backend,
                                **{SLEEPY_CALLS_ENV: str(calls),
                                   SLEEPY_SECONDS_ENV: str(THERE_PREDICT_S)})
         app = client_app(here_env)
