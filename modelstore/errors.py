@@ -53,3 +53,25 @@ class ArtifactIntegrityError(ArtifactError):
 
 class ArtifactSignatureError(ArtifactError):
     """Raised when an artifact is unsigned or mis-signed while a signing key is set."""
+
+
+class PayloadRejected(InvalidInput):
+    """Raised when a message body is refused before it is decoded (too deep, too large)."""
+
+    def __init__(self, path: tuple[str | int, ...], problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{render_path(path)}: {problem}")
+
+
+def render_path(path: tuple[str | int, ...]) -> str:
+    """`("rows", 3, "mileage")` -> `rows[3].mileage`; the empty path is the whole body."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part == "...":
+            text += "…"
+        else:
+            text += f".{part}" if text else part
+    return text or "message body"

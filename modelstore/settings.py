@@ -46,6 +46,12 @@ def _linger_ms(env: Mapping[str, str]) -> float:
     return defaults.BATCH_LINGER_MS if value is None else value
 
 
+def _json_depth(env: Mapping[str, str]) -> int:
+    value = _parse(env, "PREDQ_MAX_JSON_DEPTH", int, "an integer", lambda v: 8 <= v <= 1000,
+                   "must be 8..1000")
+    return defaults.MAX_JSON_DEPTH if value is None else value
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     """A TCP port; 0 means "disabled"."""
     value = _parse(env, name, int, "a port number (0 disables)", lambda v: 0 <= v <= 65535,
@@ -88,6 +94,9 @@ class Settings:
     quality_gate_interval_s: float = defaults.QUALITY_GATE_INTERVAL_S
     quality_gate_models: tuple[str, ...] = ()
     log_tasks: bool = False
+    max_json_depth: int = defaults.MAX_JSON_DEPTH
+    max_json_items: int = defaults.MAX_JSON_ITEMS
+    dead_letter_max: int = defaults.DEAD_LETTER_MAX
     artifact_cache_dir: Path | None = None
 
     @classmethod
@@ -126,6 +135,9 @@ class Settings:
             quality_gate_models=_names(env, "PREDQ_QUALITY_GATE_MODELS"),
             log_tasks=(env.get("PREDQ_LOG_TASKS") or "").lower() in ("1", "true", "yes"),
             artifact_cache_dir=Path(cache_dir) if cache_dir else model_dir / ".cache",
+            max_json_depth=_json_depth(env),
+            max_json_items=_int(env, "PREDQ_MAX_JSON_ITEMS", defaults.MAX_JSON_ITEMS),
+            dead_letter_max=_int(env, "PREDQ_DEAD_LETTER_MAX", defaults.DEAD_LETTER_MAX),
         )
 
     def celery_config(self) -> dict[str, Any]:

@@ -1,0 +1,238 @@
+"""Guarded dispatch: a message that cannot be decoded, validated or handed to the pool
+fails alone, and the consumer stays up.
+
+Celery runs each task message through the task's *strategy* in the worker's main process:
+it builds the Request (decoding the body), then hands it to the pool (prefork pickles the
+request there). An exception in either step used to reach the consumer's event loop and
+end the worker ("Unrecoverable error: RecursionError ... while pickling"); with late acks
+the message came back and ended the next worker too. Every task's strategy is wrapped
+(`Task.Strategy`, Celery's public hook, set at worker start) so that such a message is:
+
+- logged once (with its traceback, unless it is the bounded decoder's named refusal);
+- answered, when it has a task id: the result is `{"error": ...}` naming the field
+  (`{"request_id": null, "error": ...}` for predq.predict, `{"error": ..., "results": []}`
+  for predq.predict_batch), so a waiting client gets a clear error instead of a timeout;
+- parked (Redis) or dead-lettered (AMQP), and never redelivered in a loop;
+- counted in `predq_poison_messages_total{reason}`: decode | invalid | dispatch.
+
+Dead-letter format on Redis: the list `predq.dead` (modelstore.defaults.DEAD_LETTER_QUEUE)
+in the broker's database, newest first (LPUSH), trimmed to the newest PREDQ_DEAD_LETTER_MAX.
+Each entry is a JSON object:
+
+    {"reason": str, "parked_at": float (unix time), "queue": str (routing key),
+     "task": str | null, "task_id": str | null,
+     "message": str (the kombu envelope as received, JSON text; requeue = LPUSH it back)}
+
+On RabbitMQ the message is rejected with requeue=False: the queue's dead-letter exchange
+takes it. On other transports it is rejected (dropped) after the log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from celery import Celery, states
+from celery.worker.state import task_ready
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.transport.redis import Channel as RedisChannel
+
+from modelstore.defaults import DEAD_LETTER_QUEUE
+from modelstore.errors import PayloadRejected, render_path
+from modelstore.settings import Settings
+from workers import metrics
+from workers.fastjson import ShapeLimits
+
+log = logging.getLogger(__name__)
+
+STRATEGY = "workers.poison:guarded_strategy"
+DEFAULT_STRATEGY = "celery.worker.strategy:default"
+_ECHO_CHARS = 300
+_config: dict[str, Any] = {"dead_max": 10_000, "limits": ShapeLimits()}
+
+
+def install(app: Celery, settings: Settings) -> None:
+    """Guard every task's strategy in this worker (call at worker start, before the
+    consumer builds its strategies)."""
+    _config["dead_max"] = settings.dead_letter_max
+    _config["limits"] = ShapeLimits(settings.max_json_depth, settings.max_json_items)
+    for task in app.tasks.values():
+        if task.Strategy != STRATEGY:
+            task.inner_strategy = task.Strategy
+            task.Strategy = STRATEGY
+
+
+def guarded_strategy(task: Any, app: Celery, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
+    """Celery's strategy for `task`, wrapped so one message can only fail alone."""
+    from celery.utils.imports import symbol_by_name
+
+    inner = symbol_by_name(getattr(task, "inner_strategy", DEFAULT_STRATEGY))(
+        task, app, consumer, **kwargs)
+
+    def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
+                **extra: Any) -> Any:
+        seen: list[Any] = []  # the Request, once Celery built it (just before dispatch)
+        semaphore = getattr(consumer.controller, "semaphore", None)
+        slots = getattr(semaphore, "value", None)
+        try:
+            problem = envelope_problem(message)
+            if problem is not None:
+                raise PayloadRejected((), problem)
+            return inner(message, body, ack, reject, [*(callbacks or ()), seen.append],
+                         **extra)
+        except Exception as exc:  # noqa: BLE001 - one message's boundary; refuse() logs it
+            request = seen[0] if seen else None
+            if request is not None:
+                _undo_dispatch(consumer, request, semaphore, slots)
+            refuse(task, consumer, message, exc, dispatched=request is not None)
+            return None
+    return handler
+
+
+def envelope_problem(message: Any) -> str | None:
+    """Headers and properties are pickled to prefork children too: bound them likewise."""
+    headers, properties = message.headers, message.properties
+    if not isinstance(headers, dict) or not isinstance(properties, dict):
+        return "message headers and properties must be JSON objects"
+    limits: ShapeLimits = _config["limits"]
+    if _too_deep(headers, limits.max_depth) or _too_deep(properties, limits.max_depth):
+        return f"message headers nested more than {limits.max_depth} levels deep"
+    return None
+
+
+def _too_deep(value: object, max_depth: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+    return False
+
+
+def _undo_dispatch(consumer: Any, request: Any, semaphore: Any, slots: int | None) -> None:
+    """Forget a request whose hand-over to the pool failed: Celery's reserved set, the
+    pool's result entry (billiard registers it before pickling) and the pool slot."""
+    task_ready(request)
+    pool = getattr(getattr(consumer, "pool", None), "_pool", None)
+    cache = getattr(pool, "_cache", None)
+    if isinstance(cache, dict):
+        for job, result in list(cache.items()):
+            if getattr(result, "correlation_id", None) == request.id:
+                cache.pop(job, None)
+    if semaphore is not None and slots is not None and semaphore.value < slots:
+        semaphore.release()  # acquired for this request, which never reached a process
+
+
+def refuse(task: Any, consumer: Any, message: Any, exc: BaseException,
+           dispatched: bool) -> None:
+    """Log, answer, park or dead-letter, reject and count one poison message."""
+    cause = _cause(exc)
+    reason_kind = _kind(cause, dispatched)
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
+    task_name = headers.get("task") if isinstance(headers.get("task"), str) else task.name
+    reason = describe(cause, reason_kind)
+    depth = park(message, reason, task_name, task_id)
+    where = "parked in " + DEAD_LETTER_QUEUE if depth is not None else "rejected"
+    log.error("poison message %s[%s] (%s), %s: %s", task_name, task_id, reason_kind, where,
+              reason, exc_info=None if isinstance(cause, PayloadRejected) else cause)
+    if task_id is not None and not headers.get("ignore_result"):
+        answer(task, task_id, reason)
+    if not message.acknowledged:
+        message.reject_log_error(log, consumer.connection_errors, requeue=False)
+    metrics.observe_poison(reason_kind, depth)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """kombu wraps a decoder's error in DecodeError(original): report the original."""
+    if isinstance(exc, DecodeError) and exc.args and isinstance(exc.args[0], BaseException):
+        return exc.args[0]
+    return exc
+
+
+def _kind(cause: BaseException, dispatched: bool) -> str:
+    if dispatched:
+        return "dispatch"
+    if isinstance(cause, PayloadRejected | ValueError | ContentDisallowed | DecodeError):
+        return "decode"
+    return "invalid"
+
+
+_STAGES = {"decode": "Can't decode message body", "invalid": "invalid task message",
+           "dispatch": "message could not be handed to the worker pool"}
+
+
+def describe(cause: BaseException, kind: str) -> str:
+    """The error a client reads: the field and the problem, or which stage failed."""
+    if isinstance(cause, PayloadRejected):
+        return f"{field_path(cause.path)}: {cause.problem}"
+    text = f"{type(cause).__name__}: {cause}"
+    if len(text) > _ECHO_CHARS:
+        text = text[:_ECHO_CHARS - 1] + "…"
+    return f"{_STAGES[kind]}: {text}"
+
+
+def field_path(path: tuple[str | int, ...]) -> str:
+    """A body path `(1, "features", "x")` as the task's field `features.x` (the body is
+    `[args, kwargs, embed]`)."""
+    if not path:
+        return "message body"
+    head, rest = path[0], tuple(path[1:])
+    if head == 1:
+        return render_path(rest) if rest else "kwargs"
+    name = {0: "args", 2: "embed"}.get(head) if isinstance(head, int) else None
+    return render_path((name or str(head), *rest))
+
+
+def answer(task: Any, task_id: str, reason: str) -> None:
+    """Store the task's error result so that a waiting client reads it."""
+    if task.name == "predq.predict":
+        result: dict[str, Any] = {"request_id": None, "error": reason}
+    elif task.name == "predq.predict_batch":
+        result = {"error": reason, "results": []}
+    else:
+        result = {"error": reason}
+    try:
+        task.backend.store_result(task_id, result, states.SUCCESS)
+    except Exception:  # the answer is a courtesy: the message is refused regardless
+        log.exception("could not store the error result of poison message %s", task_id)
+
+
+def park(message: Any, reason: str, task_name: str | None, task_id: str | None) -> int | None:
+    """Push the message onto the Redis dead-letter list; its new length, or None when the
+    broker is not Redis (or the push failed: then it is only logged and rejected)."""
+    channel = message.channel
+    if not isinstance(channel, RedisChannel):
+        return None
+    delivery = message.delivery_info or {}
+    entry = {"reason": reason, "parked_at": time.time(),
+             "queue": delivery.get("routing_key") or delivery.get("exchange") or "",
+             "task": task_name, "task_id": task_id, "message": envelope_text(message)}
+    try:
+        with channel.conn_or_acquire() as client:
+            replies = (client.pipeline().lpush(DEAD_LETTER_QUEUE, orjson.dumps(entry))
+                       .ltrim(DEAD_LETTER_QUEUE, 0, _config["dead_max"] - 1)
+                       .llen(DEAD_LETTER_QUEUE).execute())
+        return int(replies[-1])
+    except Exception:
+        log.exception("could not park poison message %s in %s", task_id, DEAD_LETTER_QUEUE)
+        return None
+
+
+def envelope_text(message: Any) -> str:
+    """The envelope's JSON text as it arrived (predq's Redis transport keeps it during
+    delivery), else re-encoded from the decoded envelope."""
+    arrived = getattr(message.channel, "arrived_as", None)
+    text = arrived(message._raw) if callable(arrived) else None
+    if text is not None:
+        return str(text)
+    try:
+        return orjson.dumps(message._raw).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return orjson.dumps({"unencodable": repr(message._raw)[:_ECHO_CHARS]}).decode()
+
