@@ -56,6 +56,8 @@ class ShapeLimits:
 
     max_depth: int = MAX_JSON_DEPTH
     max_items: int = MAX_JSON_ITEMS
+    source: str = "PREDQ_MAX_JSON_DEPTH"
+    """What sets max_depth, as the refusal names it."""
 
 
 _limits = ShapeLimits()
@@ -68,8 +70,13 @@ def configure(limits: ShapeLimits) -> None:
 
 
 def loads(data: Any) -> Any:
+    return decode(data, _limits)
+
+
+def decode(data: Any, limits: ShapeLimits) -> Any:
+    """kombu's JSON decoding of `data`, refused with PayloadRejected beyond `limits`."""
     raw = data.encode() if isinstance(data, str) else bytes(data)
-    check_shape(raw, _limits)
+    check_shape(raw, limits)
     if _TYPED in raw:
         return kombu_loads(data)
     try:
@@ -87,7 +94,7 @@ def check_shape(raw: bytes, limits: ShapeLimits) -> None:
     if depth > limits.max_depth:
         raise PayloadRejected(path_at_depth(raw, limits.max_depth),
                               f"nested more than {limits.max_depth} levels deep "
-                              "(PREDQ_MAX_JSON_DEPTH)")
+                              f"({limits.source})")
     if items > limits.max_items:
         raise PayloadRejected((), f"{items} items exceed the cap of {limits.max_items} "
                               "(PREDQ_MAX_JSON_ITEMS)")

@@ -5,37 +5,33 @@ Celery runs each task message through the task's *strategy* in the worker's main
 it builds the Request (decoding the body), then hands it to the pool (prefork pickles the
 request there). An exception in either step used to reach the consumer's event loop and
 end the worker ("Unrecoverable error: RecursionError ... while pickling"); with late acks
-the message came back and ended the next worker too. Every task's strategy is wrapped
-(`Task.Strategy`, Celery's public hook, set at worker start) so that such a message is:
+the message came back and ended the next worker too. So, at worker start:
 
+- every task's strategy is wrapped (`Task.Strategy`, Celery's public hook);
+- the consumer's message handler is wrapped too (a consumer bootstep), for what fails
+  before a strategy is chosen (a task name that is not a string, a protocol-1 body...).
+
+Such a message is:
 - logged once (with its traceback, unless it is the bounded decoder's named refusal);
 - answered, when it has a task id: the result is `{"error": ...}` naming the field
   (`{"request_id": null, "error": ...}` for predq.predict, `{"error": ..., "results": []}`
   for predq.predict_batch), so a waiting client gets a clear error instead of a timeout;
-- parked (Redis) or dead-lettered (AMQP), and never redelivered in a loop;
-- counted in `predq_poison_messages_total{reason}`: decode | invalid | dispatch.
-
-Dead-letter format on Redis: the list `predq.dead` (modelstore.defaults.DEAD_LETTER_QUEUE)
-in the broker's database, newest first (LPUSH), trimmed to the newest PREDQ_DEAD_LETTER_MAX.
-Each entry is a JSON object:
-
-    {"reason": str, "parked_at": float (unix time), "queue": str (routing key),
-     "task": str | null, "task_id": str | null,
-     "message": str (the kombu envelope as received, JSON text; requeue = LPUSH it back)}
-
-On RabbitMQ the message is rejected with requeue=False: the queue's dead-letter exchange
-takes it. On other transports it is rejected (dropped) after the log line.
+- parked in the Redis list `predq.dead` (format: workers/deadletter.py) or, on RabbitMQ,
+  rejected without requeue so the queue's dead-letter exchange takes it; never
+  redelivered in a loop;
+- counted in `predq_poison_messages_total{reason}`: decode | invalid | dispatch (and
+  envelope, for what the Redis transport parks before Celery sees it).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-from celery import Celery, states
+from celery import Celery, bootsteps, states
+from celery.utils.imports import symbol_by_name
 from celery.worker.state import task_ready
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.transport.redis import Channel as RedisChannel
@@ -43,32 +39,58 @@ from kombu.transport.redis import Channel as RedisChannel
 from modelstore.defaults import DEAD_LETTER_QUEUE
 from modelstore.errors import PayloadRejected, render_path
 from modelstore.settings import Settings
-from workers import metrics
+from workers import deadletter, metrics
 from workers.fastjson import ShapeLimits
 
 log = logging.getLogger(__name__)
 
 STRATEGY = "workers.poison:guarded_strategy"
 DEFAULT_STRATEGY = "celery.worker.strategy:default"
-_ECHO_CHARS = 300
-_config: dict[str, Any] = {"dead_max": 10_000, "limits": ShapeLimits()}
+_limits = {"shape": ShapeLimits()}
 
 
 def install(app: Celery, settings: Settings) -> None:
-    """Guard every task's strategy in this worker (call at worker start, before the
-    consumer builds its strategies)."""
-    _config["dead_max"] = settings.dead_letter_max
-    _config["limits"] = ShapeLimits(settings.max_json_depth, settings.max_json_items)
+    """Guard this worker's message handling (call at worker start, before the consumer
+    builds its task strategies)."""
+    _limits["shape"] = ShapeLimits(settings.max_json_depth, settings.max_json_items)
+    deadletter.configure(settings.dead_letter_max)
+    app.steps["consumer"].add(GuardStep)
     for task in app.tasks.values():
         if task.Strategy != STRATEGY:
             task.inner_strategy = task.Strategy
             task.Strategy = STRATEGY
 
 
+class GuardStep(bootsteps.StartStopStep):
+    """Wraps the consumer's task-message handler, built each time the consumer starts."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        create = c.create_task_handler
+        if getattr(create, "predq_guarded", False):
+            return
+
+        def create_task_handler(*args: Any, **kw: Any) -> Callable[[Any], Any]:
+            return guarded_receiver(create(*args, **kw), c)
+        create_task_handler.predq_guarded = True  # type: ignore[attr-defined]
+        c.create_task_handler = create_task_handler
+
+
+def guarded_receiver(on_task_received: Callable[[Any], Any], consumer: Any
+                     ) -> Callable[[Any], Any]:
+    def receive(message: Any) -> Any:
+        try:
+            return on_task_received(message)
+        except Exception as exc:  # noqa: BLE001 - one message's boundary; refuse() logs it
+            refuse(None, consumer, message, exc, dispatched=False)
+            return None
+    return receive
+
+
 def guarded_strategy(task: Any, app: Celery, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
     """Celery's strategy for `task`, wrapped so one message can only fail alone."""
-    from celery.utils.imports import symbol_by_name
-
     inner = symbol_by_name(getattr(task, "inner_strategy", DEFAULT_STRATEGY))(
         task, app, consumer, **kwargs)
 
@@ -77,12 +99,16 @@ def guarded_strategy(task: Any, app: Celery, consumer: Any, **kwargs: Any) -> Ca
         seen: list[Any] = []  # the Request, once Celery built it (just before dispatch)
         semaphore = getattr(consumer.controller, "semaphore", None)
         slots = getattr(semaphore, "value", None)
+
+        def inspect(request: Any) -> None:
+            seen.append(request)
+            check_arguments(request)
+
         try:
             problem = envelope_problem(message)
             if problem is not None:
                 raise PayloadRejected((), problem)
-            return inner(message, body, ack, reject, [*(callbacks or ()), seen.append],
-                         **extra)
+            return inner(message, body, ack, reject, [*(callbacks or ()), inspect], **extra)
         except Exception as exc:  # noqa: BLE001 - one message's boundary; refuse() logs it
             request = seen[0] if seen else None
             if request is not None:
@@ -92,14 +118,36 @@ def guarded_strategy(task: Any, app: Celery, consumer: Any, **kwargs: Any) -> Ca
     return handler
 
 
+def check_arguments(request: Any) -> None:
+    """Celery checks args/kwargs only in the pool, "outside the task body": it then logs a
+    warning and stores no result, so the client waits forever. Refuse them here."""
+    args, kwargs = request.args, request.kwargs
+    if not isinstance(args, list | tuple):
+        raise PayloadRejected((0,), f"expected an array of positional arguments, got "
+                              f"{_json_type(args)}")
+    if not isinstance(kwargs, dict):
+        raise PayloadRejected((1,), f"expected an object of keyword arguments, got "
+                              f"{_json_type(kwargs)}")
+    payload = getattr(request, "_payload", None)  # (args, kwargs, embed), decoded
+    embed = payload[2] if isinstance(payload, list | tuple) and len(payload) == 3 else None
+    if embed is not None and not isinstance(embed, dict):
+        raise PayloadRejected((2,), f"expected an object, got {_json_type(embed)}")
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def envelope_problem(message: Any) -> str | None:
     """Headers and properties are pickled to prefork children too: bound them likewise."""
     headers, properties = message.headers, message.properties
     if not isinstance(headers, dict) or not isinstance(properties, dict):
         return "message headers and properties must be JSON objects"
-    limits: ShapeLimits = _config["limits"]
-    if _too_deep(headers, limits.max_depth) or _too_deep(properties, limits.max_depth):
-        return f"message headers nested more than {limits.max_depth} levels deep"
+    limit = _limits["shape"].max_depth
+    if _too_deep(headers, limit) or _too_deep(properties, limit):
+        return f"message headers nested more than {limit} levels deep"
     return None
 
 
@@ -132,20 +180,20 @@ def refuse(task: Any, consumer: Any, message: Any, exc: BaseException,
            dispatched: bool) -> None:
     """Log, answer, park or dead-letter, reject and count one poison message."""
     cause = _cause(exc)
-    reason_kind = _kind(cause, dispatched)
+    kind = _kind(cause, dispatched)
     headers = message.headers if isinstance(message.headers, dict) else {}
     task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
-    task_name = headers.get("task") if isinstance(headers.get("task"), str) else task.name
-    reason = describe(cause, reason_kind)
-    depth = park(message, reason, task_name, task_id)
-    where = "parked in " + DEAD_LETTER_QUEUE if depth is not None else "rejected"
-    log.error("poison message %s[%s] (%s), %s: %s", task_name, task_id, reason_kind, where,
-              reason, exc_info=None if isinstance(cause, PayloadRejected) else cause)
+    name = headers.get("task") if isinstance(headers.get("task"), str) else None
+    reason = describe(cause, kind)
+    depth = park(message, reason, name, task_id)
+    where = f"parked in {DEAD_LETTER_QUEUE}" if depth is not None else "rejected"
+    log.error("poison message %s[%s] (%s), %s: %s", name, task_id, kind, where, reason,
+              exc_info=None if isinstance(cause, PayloadRejected) else cause)
     if task_id is not None and not headers.get("ignore_result"):
-        answer(task, task_id, reason)
+        answer(task or consumer.app.tasks.get(name), consumer.app, task_id, reason)
     if not message.acknowledged:
         message.reject_log_error(log, consumer.connection_errors, requeue=False)
-    metrics.observe_poison(reason_kind, depth)
+    metrics.observe_poison(kind, depth)
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -156,9 +204,11 @@ def _cause(exc: BaseException) -> BaseException:
 
 
 def _kind(cause: BaseException, dispatched: bool) -> str:
+    if isinstance(cause, PayloadRejected):
+        return "decode"
     if dispatched:
         return "dispatch"
-    if isinstance(cause, PayloadRejected | ValueError | ContentDisallowed | DecodeError):
+    if isinstance(cause, ValueError | ContentDisallowed | DecodeError):
         return "decode"
     return "invalid"
 
@@ -171,10 +221,7 @@ def describe(cause: BaseException, kind: str) -> str:
     """The error a client reads: the field and the problem, or which stage failed."""
     if isinstance(cause, PayloadRejected):
         return f"{field_path(cause.path)}: {cause.problem}"
-    text = f"{type(cause).__name__}: {cause}"
-    if len(text) > _ECHO_CHARS:
-        text = text[:_ECHO_CHARS - 1] + "…"
-    return f"{_STAGES[kind]}: {text}"
+    return f"{_STAGES[kind]}: {deadletter.echo(cause)}"
 
 
 def field_path(path: tuple[str | int, ...]) -> str:
@@ -189,17 +236,19 @@ def field_path(path: tuple[str | int, ...]) -> str:
     return render_path((name or str(head), *rest))
 
 
-def answer(task: Any, task_id: str, reason: str) -> None:
+def answer(task: Any, app: Celery, task_id: str, reason: str) -> None:
     """Store the task's error result so that a waiting client reads it."""
-    if task.name == "predq.predict":
+    name = getattr(task, "name", None)
+    if name == "predq.predict":
         result: dict[str, Any] = {"request_id": None, "error": reason}
-    elif task.name == "predq.predict_batch":
+    elif name == "predq.predict_batch":
         result = {"error": reason, "results": []}
     else:
         result = {"error": reason}
     try:
-        task.backend.store_result(task_id, result, states.SUCCESS)
-    except Exception:  # the answer is a courtesy: the message is refused regardless
+        (task.backend if task is not None else app.backend).store_result(
+            task_id, result, states.SUCCESS)
+    except Exception:  # the answer is a courtesy: the message is refused anyway
         log.exception("could not store the error result of poison message %s", task_id)
 
 
@@ -209,19 +258,11 @@ def park(message: Any, reason: str, task_name: str | None, task_id: str | None) 
     channel = message.channel
     if not isinstance(channel, RedisChannel):
         return None
-    delivery = message.delivery_info or {}
-    entry = {"reason": reason, "parked_at": time.time(),
-             "queue": delivery.get("routing_key") or delivery.get("exchange") or "",
-             "task": task_name, "task_id": task_id, "message": envelope_text(message)}
-    try:
-        with channel.conn_or_acquire() as client:
-            replies = (client.pipeline().lpush(DEAD_LETTER_QUEUE, orjson.dumps(entry))
-                       .ltrim(DEAD_LETTER_QUEUE, 0, _config["dead_max"] - 1)
-                       .llen(DEAD_LETTER_QUEUE).execute())
-        return int(replies[-1])
-    except Exception:
-        log.exception("could not park poison message %s in %s", task_id, DEAD_LETTER_QUEUE)
-        return None
+    delivery = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+    queue = delivery.get("routing_key") or delivery.get("exchange") or ""
+    document = deadletter.entry(reason, str(queue), task_name, task_id, envelope_text(message))
+    with channel.conn_or_acquire() as client:
+        return deadletter.park(client, document)
 
 
 def envelope_text(message: Any) -> str:
@@ -234,5 +275,4 @@ def envelope_text(message: Any) -> str:
     try:
         return orjson.dumps(message._raw).decode()
     except (orjson.JSONEncodeError, TypeError):
-        return orjson.dumps({"unencodable": repr(message._raw)[:_ECHO_CHARS]}).decode()
-
+        return orjson.dumps({"unencodable": repr(message._raw)[:300]}).decode()

@@ -26,7 +26,9 @@ from typing import Any
 from kombu.transport import redis as kredis
 from kombu.transport import virtual as kvirtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
+
+from workers import deadletter
 
 INFLIGHT_SEP = ":inflight:"
 INFLIGHT_REGISTRY = "predq:inflight-lists"
@@ -138,8 +140,14 @@ class ReliableChannel(kredis.Channel):
 
     def _deliver_moved(self, source: str, item: bytes) -> None:
         inflight = self._inflight_key(source)
-        text = bytes_to_str(item)
-        payload = loads(text)
+        text = item.decode("utf-8", "replace")
+        payload, refused = deadletter.decode_envelope(self, text)
+        if refused is not None:
+            # Raised here, it would end the consumer and come back from the in-flight
+            # list for the next one: park it (issue 19).
+            deadletter.park_envelope(self.side_client(), source, text, refused, payload)
+            self.side_client().ltrim(inflight, 1, -1)
+            return
         self._arrived = (payload, text)
         try:
             # Records the message in `unacked` before handing it to the consumer.

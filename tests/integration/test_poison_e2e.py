@@ -141,18 +141,32 @@ def test_undispatchable_message_is_parked_not_redelivered(pg_url: str, redis_url
 
 
 def test_deep_headers_are_parked(pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    """Headers are pickled to prefork children with the request: bounded likewise."""
+    """Headers are pickled to prefork children with the request: bounded likewise. A
+    900-deep header is answered and parked by the task's guard; a 100,000-deep one
+    (written into the queue as raw text) by the transport, before kombu decodes it."""
     env, app, kwargs = _start(pg_url, redis_url, tmp_path, "prefork")
     client = redis.Redis.from_url(redis_url)
     deep: Any = []
     for _ in range(900):
         deep = [deep]
-    with running_workers(env, tmp_path, app=app, **kwargs):
+    body = task_body('{"features": ' + json.dumps(GOOD[0]) + "}")
+    with running_workers(env, tmp_path, app=app, **kwargs) as (worker,):
         task_id = f"deep-header-{uuid.uuid4().hex[:8]}"
-        body = task_body('{"features": ' + json.dumps(GOOD[0]) + "}")
         publish(app, "predq.predict", task_id, body, headers={"x-deep": deep})
         answer = AsyncResult(task_id, app=app).get(timeout=120)
-        _assert_good(_send_good(app, "after"))
+        envelope = json.dumps({"body": body.decode(), "content-type": "application/json",
+                               "content-encoding": "utf-8", "headers": {
+                                   "task": "predq.predict", "id": "raw-deep", "x": "@"},
+                               "properties": {"delivery_tag": "t1", "delivery_info": {
+                                   "exchange": "", "routing_key": "predq"}}})
+        client.lpush("predq", envelope.replace('"@"', deep_list(100_000)))
+        good = _send_good(app, "after")
+        _assert_good(good)
         assert _drained(client)
+        assert worker.proc is not None and worker.proc.poll() is None
+        assert "Unrecoverable error" not in worker.log_tail(2_000_000)
     assert "headers nested more than 32 levels deep" in answer["error"]
-    assert [e["task_id"] for e in parked(client)] == [task_id]
+    entries = parked(client)
+    assert [e["task_id"] for e in entries] == [None, task_id]
+    assert entries[0]["reason"].startswith("undecodable envelope: headers.x[0]")
+    assert entries[0]["message"].startswith('{"body": ')
