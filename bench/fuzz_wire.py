@@ -129,6 +129,13 @@ class Fuzzer:
                 and not any(self.redis.llen(k) for k in self.redis.keys(
                     f"{DEFAULT_QUEUE}:inflight:*")))
 
+    def broker_state(self) -> dict[str, int]:
+        keys = [DEFAULT_QUEUE, *(k.decode() for k in self.redis.keys(
+            f"{DEFAULT_QUEUE}:inflight:*"))]
+        state = {k: int(self.redis.llen(k)) for k in keys}
+        state["unacked"] = int(self.redis.hlen("unacked"))
+        return state
+
     def round(self, cases: list[Case], report: Report) -> None:
         good = self.send_good(2)
         for case in cases:
@@ -177,7 +184,8 @@ class Fuzzer:
         for kind, case in crashed:
             mentions = [ln for ln in log.splitlines() if case and str(case.task_id) in ln][:5]
             report.crashes.append({"kind": kind, "case": case.describe() if case else None,
-                                   "mentions": mentions,
+                                   "mentions": [m[:500] for m in mentions],
+                                   "broker": self.broker_state(),
                                    "round": [c.describe() for c in suspects][:25],
                                    "log": log[-3000:]})
         self.restart()

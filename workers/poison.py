@@ -107,7 +107,7 @@ def guarded_strategy(task: Any, app: Celery, consumer: Any, **kwargs: Any) -> Ca
         try:
             problem = envelope_problem(message)
             if problem is not None:
-                raise PayloadRejected((), problem)
+                raise PayloadRejected(*problem)
             return inner(message, body, ack, reject, [*(callbacks or ()), inspect], **extra)
         except Exception as exc:  # noqa: BLE001 - one message's boundary; refuse() logs it
             request = seen[0] if seen else None
@@ -140,14 +140,42 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def envelope_problem(message: Any) -> str | None:
-    """Headers and properties are pickled to prefork children too: bound them likewise."""
+Problem = tuple[tuple[str | int, ...], str]
+
+
+def envelope_problem(message: Any) -> Problem | None:
+    """(field, problem) of headers Celery would choke on. Headers and properties are
+    pickled to prefork children too: bounded like bodies."""
     headers, properties = message.headers, message.properties
     if not isinstance(headers, dict) or not isinstance(properties, dict):
-        return "message headers and properties must be JSON objects"
+        return ("headers",), "headers and properties must be JSON objects"
     limit = _limits["shape"].max_depth
     if _too_deep(headers, limit) or _too_deep(properties, limit):
-        return f"message headers nested more than {limit} levels deep"
+        return ("headers",), f"nested more than {limit} levels deep"
+    return _header_problem(headers)
+
+
+_ID_CHARS = 255
+
+
+def _header_problem(headers: dict[str, Any]) -> Problem | None:
+    """Header values Celery uses unchecked (a non-string task id left the message unacked
+    forever: the result key could not be built)."""
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > _ID_CHARS:
+        return ("headers", "id"), f"expected a task id string of 1..{_ID_CHARS} characters"
+    for name in ("root_id", "parent_id", "group", "shadow"):
+        value = headers.get(name)
+        if value is not None and not isinstance(value, str):
+            return ("headers", name), f"expected a string or null, got {_json_type(value)}"
+    retries = headers.get("retries")
+    if retries is not None and (type(retries) is not int or not 0 <= retries < 2**31):
+        return ("headers", "retries"), "expected a non-negative integer"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+            isinstance(limits, list | tuple) and len(limits) == 2 and all(
+                v is None or (type(v) in (int, float) and 0 <= v < 2**31) for v in limits)):
+        return ("headers", "timelimit"), "expected [hard, soft] seconds (numbers or null)"
     return None
 
 

@@ -54,10 +54,18 @@ def test_deep_or_malformed_envelopes_are_refused() -> None:
     deep: Any = []
     for _ in range(40):
         deep = [deep]
-    assert poison.envelope_problem(_Message({"id": "x", "task": "t"})) is None
-    assert "nested more than" in str(poison.envelope_problem(_Message({"x": deep})))
-    assert "nested more than" in str(poison.envelope_problem(_Message({}, {"p": {"q": deep}})))
+    ok = {"id": "x", "task": "t"}
+    assert poison.envelope_problem(_Message(ok)) is None
+    assert poison.envelope_problem(_Message({**ok, "x": deep})) == (
+        ("headers",), "nested more than 32 levels deep")
+    assert poison.envelope_problem(_Message(ok, {"p": {"q": deep}})) is not None
     assert "JSON objects" in str(poison.envelope_problem(_Message(["not", "a", "dict"])))
+    for bad in ({"id": 12345}, {"id": ""}, {"id": "x" * 300}, {"root_id": 5},
+                {"retries": "2"}, {"timelimit": "x" * 10}, {"timelimit": [1, 2, 3]}):
+        problem = poison.envelope_problem(_Message({**ok, **bad}))
+        assert problem is not None and problem[0] == ("headers", next(iter(bad))), bad
+    rejected = PayloadRejected(("headers", "id"), "expected a task id")
+    assert poison.describe(rejected, "decode") == "headers.id: expected a task id"
 
 
 def test_install_guards_every_task_once() -> None:
