@@ -114,8 +114,9 @@ class Fuzzer:
         if status == "FAILURE":
             result = meta.get("result")
             kind = result.get("exc_type", "?") if isinstance(result, dict) \
-                else type(result).__name__
-            return "refused-by-celery" if kind in CELERY_REFUSALS else f"exception:{kind}"
+                else f"{type(result).__name__}: {str(result)[:80]} ({case.task})"
+            refused = kind.split(":")[0] in CELERY_REFUSALS
+            return "refused-by-celery" if refused else f"exception:{kind}"
         return None
 
     def new_log(self) -> str:
