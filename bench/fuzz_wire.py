@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--round", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("fuzz_wire_crashes.jsonl"))
+    parser.add_argument("--out", type=Path,
+                        default=Path(tempfile.gettempdir()) / "fuzz_wire_crashes.jsonl")
     args = parser.parse_args(argv)
     from bench.store_bench import fresh_database
 

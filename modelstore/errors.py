@@ -64,6 +64,10 @@ class PayloadRejected(InvalidInput):
         super().__init__(f"{render_path(path)}: {problem}")
 
 
+class EnvelopeRejected(InvalidInput):
+    """Raised when the broker transport cannot build a message from what it fetched."""
+
+
 def render_path(path: tuple[str | int, ...]) -> str:
     """`("rows", 3, "mileage")` -> `rows[3].mileage`; the empty path is the whole body."""
     text = ""

@@ -1,4 +1,4 @@
-"""The Redis dead-letter list `predq.dead`, and the envelope check of the Redis transport.
+"""The Redis dead-letter list `predq.dead`, and the envelope checks of the Redis transport.
 
 Format (read by `predq dead list|requeue|purge`): the list `predq.dead`
 (modelstore.defaults.DEAD_LETTER_QUEUE) in the broker's database, newest first (LPUSH),
@@ -17,9 +17,10 @@ import time
 from typing import Any
 
 import orjson
+from kombu.transport.virtual import Message as VirtualMessage
 
 from modelstore.defaults import DEAD_LETTER_MAX, DEAD_LETTER_QUEUE
-from modelstore.errors import PayloadRejected
+from modelstore.errors import EnvelopeRejected, PayloadRejected
 from workers import fastjson, metrics
 
 log = logging.getLogger(__name__)
@@ -62,32 +63,37 @@ def echo(exc: BaseException) -> str:
 
 # --- the Redis transport's envelope ------------------------------------------------------
 
-def decode_envelope(channel: Any, text: str) -> tuple[Any, str | None]:
-    """(payload, None) when kombu can build a message from `text`, else (what decoded of
-    it or None, the reason).
+def decode_envelope(text: str) -> tuple[Any, str | None]:
+    """(payload, None), or (None, why the envelope is refused before kombu reads it).
 
     kombu decodes the envelope with the stdlib decoder (RecursionError on a deep header)
-    and builds its Message outside any handler of Celery's: a malformed envelope raised
-    in the consumer's event loop, ended the worker, and came back from the in-flight list
-    for the next one. Bounded first (ENVELOPE_LIMITS, then the task-body limits apply to
-    the body inside), then built once here to find out.
+    outside any handler of Celery's: an error there ended the consumer, and the message
+    came back from the in-flight list for the next one. Bounded (ENVELOPE_LIMITS) first;
+    the task-body limits apply to the body inside, later.
     """
     try:
-        payload = fastjson.decode(text, ENVELOPE_LIMITS)
+        return fastjson.decode(text, ENVELOPE_LIMITS), None
     except PayloadRejected as exc:
         return None, f"undecodable envelope: {exc}"
     except Exception as exc:  # noqa: BLE001 - any decoder failure refuses the envelope
         return None, f"undecodable envelope: {echo(exc)}"
-    try:
-        message = channel.Message(payload, channel=channel)
-        delivery = message.delivery_info
-        if not isinstance(delivery, dict) or not {"exchange", "routing_key"} <= delivery.keys():
-            raise KeyError("properties.delivery_info: needs exchange and routing_key")
-        if not isinstance(message.headers, dict):
-            raise TypeError("headers: expected an object")
-    except Exception as exc:  # noqa: BLE001 - whatever kombu cannot build is refused
-        return payload, f"malformed envelope: {echo(exc)}"
-    return payload, None
+
+
+class GuardedMessage(VirtualMessage):
+    """kombu's Message, raising EnvelopeRejected for an envelope it cannot build into a
+    message the QoS can record (no properties or delivery tag, bad base64...)."""
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        try:
+            super().__init__(payload, channel=channel, **kwargs)
+            delivery = self.delivery_info
+            if not isinstance(delivery, dict) or not {
+                    "exchange", "routing_key"} <= delivery.keys():
+                raise KeyError("properties.delivery_info: needs exchange and routing_key")
+            if not isinstance(self.headers, dict):
+                raise TypeError("headers: expected an object")
+        except Exception as exc:
+            raise EnvelopeRejected(f"malformed envelope: {echo(exc)}") from exc
 
 
 def park_envelope(client: Any, queue: str, text: str, reason: str, payload: Any) -> None:

@@ -185,9 +185,13 @@ def _too_deep(value: object, max_depth: int) -> bool:
         item, depth = stack.pop()
         if depth > max_depth:
             return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+        for child in item.values() if type(item) is dict else item:
+            if type(child) in _CONTAINERS:
+                stack.append((child, depth + 1))
     return False
+
+
+_CONTAINERS = frozenset({dict, list, tuple})
 
 
 def _undo_dispatch(consumer: Any, request: Any, semaphore: Any, slots: int | None) -> None:

@@ -28,6 +28,7 @@ from kombu.transport import virtual as kvirtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
+from modelstore.errors import EnvelopeRejected
 from workers import deadletter
 
 INFLIGHT_SEP = ":inflight:"
@@ -66,6 +67,7 @@ class ReliableQoS(kredis.QoS):
 
 class ReliableChannel(kredis.Channel):
     QoS = ReliableQoS
+    Message = deadletter.GuardedMessage  # refuses, instead of raising in the event loop
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -141,17 +143,19 @@ class ReliableChannel(kredis.Channel):
     def _deliver_moved(self, source: str, item: bytes) -> None:
         inflight = self._inflight_key(source)
         text = item.decode("utf-8", "replace")
-        payload, refused = deadletter.decode_envelope(self, text)
+        payload, refused = deadletter.decode_envelope(text)
         if refused is not None:
             # Raised here, it would end the consumer and come back from the in-flight
             # list for the next one: park it (issue 19).
-            deadletter.park_envelope(self.side_client(), source, text, refused, payload)
+            deadletter.park_envelope(self.side_client(), source, text, refused, None)
             self.side_client().ltrim(inflight, 1, -1)
             return
         self._arrived = (payload, text)
         try:
             # Records the message in `unacked` before handing it to the consumer.
             self.connection._deliver(payload, source)
+        except EnvelopeRejected as exc:  # kombu built no message: nothing recorded or run
+            deadletter.park_envelope(self.side_client(), source, text, str(exc), payload)
         except BaseException:
             with self.conn_or_acquire() as client:
                 client.pipeline().lrem(inflight, 1, item).rpush(source, item).execute()
