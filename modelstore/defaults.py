@@ -53,6 +53,14 @@ more would only take turns on the GIL, each holding its rows and a connection.""
 MAX_ARTIFACT_B64_BYTES = 16 * 1024 * 1024
 MAX_STRING_FEATURE_CHARS = 1024
 MAX_REQUEST_ID_CHARS = 128
+MAX_JSON_DEPTH = 32
+"""Deepest nesting a message body may have, counted from its root (PREDQ_MAX_JSON_DEPTH)."""
+MAX_JSON_ITEMS = 2_000_000
+"""Array items plus object entries one message body may hold (PREDQ_MAX_JSON_ITEMS)."""
+DEAD_LETTER_QUEUE = "predq.dead"
+"""Redis list where workers park messages they cannot decode or dispatch."""
+DEAD_LETTER_MAX = 10_000
+"""Newest parked messages kept in the Redis dead-letter list (PREDQ_DEAD_LETTER_MAX)."""
 WORKER_THREADS = 64
 SPOOL_DIR = "./spool"
 METRICS_PORT = 9808

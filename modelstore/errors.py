@@ -69,3 +69,27 @@ class ArtifactFormatError(ArtifactError):
 
 class ArtifactUntrustedType(ArtifactError):
     """Raised when a skops artifact references a type outside the allow-list."""
+class PayloadRejected(InvalidInput):
+    """Raised when a message body is refused before it is decoded (too deep, too large)."""
+
+    def __init__(self, path: tuple[str | int, ...], problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{render_path(path)}: {problem}")
+
+
+class EnvelopeRejected(InvalidInput):
+    """Raised when the broker transport cannot build a message from what it fetched."""
+
+
+def render_path(path: tuple[str | int, ...]) -> str:
+    """`("rows", 3, "mileage")` -> `rows[3].mileage`; the empty path is the whole body."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part == "...":
+            text += "…"
+        else:
+            text += f".{part}" if text else part
+    return text or "message body"

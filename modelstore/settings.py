@@ -47,6 +47,12 @@ def _linger_ms(env: Mapping[str, str]) -> float:
     return defaults.BATCH_LINGER_MS if value is None else value
 
 
+def _json_depth(env: Mapping[str, str]) -> int:
+    value = _parse(env, "PREDQ_MAX_JSON_DEPTH", int, "an integer", lambda v: 8 <= v <= 1000,
+                   "must be 8..1000")
+    return defaults.MAX_JSON_DEPTH if value is None else value
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     """A TCP port; 0 means "disabled"."""
     value = _parse(env, name, int, "a port number (0 disables)", lambda v: 0 <= v <= 65535,
@@ -172,6 +178,9 @@ class Settings:
     quality_gate_interval_s: float = defaults.QUALITY_GATE_INTERVAL_S
     quality_gate_models: tuple[str, ...] = ()
     log_tasks: bool = False
+    max_json_depth: int = defaults.MAX_JSON_DEPTH
+    max_json_items: int = defaults.MAX_JSON_ITEMS
+    dead_letter_max: int = defaults.DEAD_LETTER_MAX
     artifact_cache_dir: Path | None = None
     model_cache_size: int = defaults.MODEL_CACHE_SIZE
     log_partition: str = defaults.LOG_PARTITION
@@ -234,6 +243,9 @@ class Settings:
             delivery_limit=_int(env, "PREDQ_DELIVERY_LIMIT", defaults.DELIVERY_LIMIT),
             amqp_heartbeat_s=_int(env, "PREDQ_AMQP_HEARTBEAT", defaults.AMQP_HEARTBEAT_S),
             sentinel_master=master,
+            max_json_depth=_json_depth(env),
+            max_json_items=_int(env, "PREDQ_MAX_JSON_ITEMS", defaults.MAX_JSON_ITEMS),
+            dead_letter_max=_int(env, "PREDQ_DEAD_LETTER_MAX", defaults.DEAD_LETTER_MAX),
         )
 
     def celery_config(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from modelstore.defaults import DEFAULT_MODEL_NAME
 from modelstore.engine import redact_url
 from modelstore.errors import PredqError
 from modelstore.settings import Settings
-from workers import amqp, board, control, fastjson, fastrepr, metrics, quality_gate
+from workers import amqp, board, control, fastjson, fastrepr, metrics, poison, quality_gate
 from workers.state import close_state, get_state
 from workers.tasks import register_tasks
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> Celery:
-    fastjson.install()
+    fastjson.install(fastjson.ShapeLimits(settings.max_json_depth, settings.max_json_items))
     fastrepr.install()
     app = Celery("predq")
     app.conf.update(settings.celery_config())
@@ -92,6 +92,7 @@ def _connect_signals(settings: Settings) -> None:
         control.set_pool_kind("prefork" if forks["value"] else "threads")
         if forks["value"]:
             board.open_board()  # before the fork: children post what they serve there
+        poison.install(sender.app, settings)  # before the consumer builds task strategies
         if forks["value"] and settings.metrics_port:
             metrics.prepare_prefork()  # before the fork: children record to a shared dir
         # Each batch allocates thousands of short-lived dicts; the default gen-0 threshold

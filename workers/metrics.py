@@ -9,6 +9,7 @@ What is measured (all names start with `predq_`):
   generation (the last few generations), a switch-lag histogram and model load times;
 - quality-gate verdicts: the live MAE it last saw and the rollbacks it made;
 - production artifacts refused (`predq_artifact_refused`, `model`): once per generation.
+- poison messages (`reason` = decode | invalid | dispatch) and the dead-letter list's depth.
 
 Metric objects are built on first use (never at import) in a registry of their own. The
 record functions are the hot path: one dict lookup, then prometheus_client's own lock.
@@ -137,6 +138,11 @@ class PredqMetrics:
         self.beat_age = Gauge("predq_broker_heartbeat_age_seconds", "Age of this consumer's "
                               "last broker heartbeat (it takes no work past half the owner "
                               "TTL)", registry=r, multiprocess_mode="livemax")
+        self.poison = Counter("predq_poison_messages", "Messages refused before they ran "
+                              "(rejected or parked)", ["reason"], registry=r)
+        self.dead_depth = Gauge("predq_dead_letter_depth", "Messages in the Redis dead-letter "
+                                "list (after this worker's last park)", registry=r,
+                                multiprocess_mode="livemax")
 
     def batch_children(self, model: str, version: str) -> _BatchChildren:
         key = (model, version)
@@ -310,6 +316,14 @@ def promote_lag(engine: Engine, model: str, generation: int | None,
 def observe_gate(model: str, version: str, mae: float | None) -> None:
     if mae is not None:
         get_metrics().gate_mae.labels(model, version).set(mae)
+
+
+def observe_poison(reason: str, dead_letter_depth: int | None) -> None:
+    """One message refused before it ran; the dead-letter list's length when it was parked."""
+    m = get_metrics()
+    m.poison.labels(reason).inc()
+    if dead_letter_depth is not None:
+        m.dead_depth.set(dead_letter_depth)
 
 
 def observe_gate_rollback(model: str) -> None:

@@ -38,7 +38,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from modelstore.defaults import OWNER_TTL_S
-from workers import metrics
+from modelstore.errors import EnvelopeRejected
+from workers import metrics, parking
 from workers.ownership import (
     ACK_SCRIPT,
     INFLIGHT_REGISTRY,
@@ -163,6 +164,7 @@ class ReliableQoS(kredis.QoS):
 
 class ReliableChannel(kredis.Channel):
     QoS = ReliableQoS
+    Message = parking.GuardedMessage  # refuses, instead of raising in the event loop
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -252,12 +254,20 @@ class ReliableChannel(kredis.Channel):
 
     def _deliver_moved(self, source: str, item: bytes) -> None:
         inflight = self._inflight_key(source)
-        text = bytes_to_str(item)
-        payload = loads(text)
+        text = item.decode("utf-8", "replace")
+        payload, refused = parking.decode_envelope(text)
+        if refused is not None:
+            # Raised here, it would end the consumer and come back from the in-flight
+            # list for the next one: park it (issue 19).
+            parking.park_envelope(self.side_client(), source, text, refused, None)
+            self.side_client().ltrim(inflight, 1, -1)
+            return
         self._arrived = (payload, text, inflight)
         try:
             # QoS.append records it in `unacked` and moves it out of the in-flight list.
             self.connection._deliver(payload, source)
+        except EnvelopeRejected as exc:  # kombu built no message: nothing recorded or run
+            parking.park_envelope(self.side_client(), source, text, str(exc), payload)
         except BaseException:
             if self._arrived is not None:  # not recorded as delivered yet: put it back
                 with self.conn_or_acquire() as client:

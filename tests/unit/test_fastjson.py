@@ -5,13 +5,16 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import json
+import random
 import uuid
 
 import pytest
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
-from workers.fastjson import dumps, loads
+from modelstore.errors import PayloadRejected
+from workers.fastjson import ShapeLimits, check_shape, dumps, loads, measure
 
 
 @pytest.mark.parametrize("value", [
@@ -69,3 +72,86 @@ def test_a_cycle_still_fails_like_kombu() -> None:
     loop.append(loop)
     with pytest.raises(ValueError):
         dumps(loop)
+
+
+# --- the bound (issue 19) ---------------------------------------------------------------
+
+def _deep_body(depth: int, extra: str = "") -> str:
+    value = "[" * depth + "]" * depth
+    return f'[[], {{"features": {{"mileage": {value}{extra}}}, "request_id": "r"}}, {{}}]'
+
+
+@pytest.mark.parametrize("depth", [900, 100_000])
+def test_deep_values_are_refused_with_the_field_named(depth: int) -> None:
+    with pytest.raises(PayloadRejected) as caught:
+        loads(_deep_body(depth))
+    assert caught.value.path[:4] == (1, "features", "mileage", 0)
+    assert "nested more than 32 levels deep" in str(caught.value)
+
+
+def test_the_kombu_fallback_is_bounded_too() -> None:
+    # NaN sends the body to kombu's decoder, which would raise RecursionError (or accept
+    # 900 levels): the bound applies first.
+    for depth in (40, 100_000):
+        text = _deep_body(depth).replace('"r"', "NaN")
+        with pytest.raises(PayloadRejected):
+            loads(text)
+    with pytest.raises(PayloadRejected):
+        loads('{"__type__": "x", "v": ' + "[" * 50 + "]" * 50 + "}")
+
+
+def test_depth_at_the_bound_is_accepted() -> None:
+    limits = ShapeLimits(max_depth=32)
+    check_shape(("[" * 32 + "]" * 32).encode(), limits)
+    with pytest.raises(PayloadRejected):
+        check_shape(("[" * 33 + "]" * 33).encode(), limits)
+
+
+def test_brackets_and_escapes_inside_strings_do_not_count() -> None:
+    inner = '"[[[[{{{{\\\\\\"]]]]\\\\"'  # brackets, an escaped quote and escaped backslashes
+    text = "[" + ", ".join([inner] * 100) + ', ["a\\"[", {"k]": "}"}]]'
+    assert measure(text.encode())[0] == 3
+    assert loads(text)[-1] == ["a\"[", {"k]": "}"}]
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _items(value: object) -> int:
+    if isinstance(value, dict):
+        return len(value) + sum(map(_items, value.values()))
+    if isinstance(value, list):
+        return len(value) + sum(map(_items, value))
+    return 0
+
+
+def test_measured_depth_matches_the_decoded_value() -> None:
+    rng = random.Random(19)
+    pieces = ["[", "{", "\\", '"', "]", "}", ",", ":", "x", "é", "\x00"]
+
+    def value(level: int) -> object:
+        kind = rng.random()
+        if level > 12 or kind < 0.3:
+            return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        if kind < 0.65:
+            return [value(level + 1) for _ in range(rng.randint(0, 3))]
+        return {"".join(rng.choice(pieces) for _ in range(3)): value(level + 1)
+                for _ in range(rng.randint(0, 3))}
+
+    for _ in range(300):
+        doc = value(0)
+        text = json.dumps(doc, ensure_ascii=rng.random() < 0.5).encode()
+        depth, items = measure(text)
+        assert depth == _depth(doc), text
+        assert items >= _items(doc), text  # an upper bound of items plus entries
+
+
+def test_too_many_items_are_refused() -> None:
+    check_shape(b"[" + b"1," * 99 + b"1]", ShapeLimits(max_items=101))
+    with pytest.raises(PayloadRejected, match="PREDQ_MAX_JSON_ITEMS"):
+        check_shape(b"[" + b"1," * 199 + b"1]", ShapeLimits(max_items=101))
