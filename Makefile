@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo schema clean chromium constraints
+.PHONY: install test lint bench demo schema clean chromium constraints fault-table
 
 # Installs through constraints.txt: a clean clone (CI) gets the versions that were tested.
 $(STAMP): pyproject.toml constraints.txt
@@ -42,3 +42,8 @@ schema: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Re-run the fault suite and regenerate its results table in tests/faults/README_TABLE.md
+# and the README (the only target that writes tracked files).
+fault-table: $(STAMP)
+	PREDQ_WRITE_FAULT_TABLE=1 CI=true $(PY) -m pytest -q -p no:cacheprovider tests/faults

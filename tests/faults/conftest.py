@@ -26,6 +26,7 @@ from tests.faults.redisproc import RedisServer
 
 HERE = Path(__file__).resolve().parent
 
+WRITE_TABLE_ENV = "PREDQ_WRITE_FAULT_TABLE"
 _rows: list[report.Row] = []
 _collected: set[str] = set()
 _finished: set[str] = set()
@@ -93,7 +94,8 @@ def _final_rows() -> list[report.Row]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _rows:
+    # Tests never write tracked files: only `make fault-table` (which sets this) does.
+    if not _rows or os.environ.get(WRITE_TABLE_ENV) != "1":
         return
     files = {p.name for p in HERE.glob("test_*.py")}
     seen = {nodeid.split("::")[0].rsplit("/", 1)[-1] for nodeid in _collected}
