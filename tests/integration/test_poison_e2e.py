@@ -170,3 +170,24 @@ def test_deep_headers_are_parked(pg_url: str, redis_url: str, tmp_path: Path) ->
     assert [e["task_id"] for e in entries] == [None, task_id]
     assert entries[0]["reason"].startswith("undecodable envelope: headers.x[0]")
     assert entries[0]["message"].startswith('{"body": ')
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_lone_surrogate_fails_alone_naming_the_field(pg_url: str, redis_url: str,
+                                                     tmp_path: Path, pool: str) -> None:
+    """A lone surrogate in a string feature (which Postgres's JSON refuses) is refused at
+    validation with the field named; its neighbours, batched with it, are predicted and
+    logged, and the worker keeps serving (issue 19 item 2, issue 12 item 7)."""
+    env, app, kwargs = _start(pg_url, redis_url, tmp_path, pool)
+    with running_workers(env, tmp_path, app=app, **kwargs) as (worker,):
+        before = _send_good(app, "before")
+        bad = app.send_task("predq.predict", kwargs={
+            "features": {**GOOD[0], "brand": "\ud800"}, "request_id": "surrogate"})
+        after = _send_good(app, "after")
+        answer = bad.get(timeout=120)
+        _assert_good(before + after)
+        assert answer["request_id"] == "surrogate"
+        assert answer["error"].startswith("features.brand"), answer
+        assert "prediction" not in answer
+        _assert_good(_send_good(app, "later"))
+        assert worker.proc is not None and worker.proc.poll() is None
