@@ -2,8 +2,8 @@
 
 Tests call the `fault_report(fault, outcome, figure, group=None)` fixture with what they
 measured; the conftest hooks add whether the test passed and, under `make fault-table`
-(PREDQ_WRITE_FAULT_TABLE=1), write `README_TABLE.md` at session end. Rows of a group (many small cases) get one summary row in the main table and
-a table of their own below it.
+(PREDQ_WRITE_FAULT_TABLE=1), write `README_TABLE.md` at session end. Rows of a group (many
+small cases) get one summary row in the main table and a table of their own below it.
 """
 
 from __future__ import annotations

@@ -5,8 +5,6 @@ timeout during a partition. In-process ServingState on real Postgres and Redis."
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from modelstore import defaults
 from modelstore.settings import Settings
 from tests.support import models
+from tests.support.silent import silent_listener
 from workers.state import ServingState
 
 
@@ -96,28 +95,8 @@ def test_a_name_without_production_does_not_fall_back_to_a_file(
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """Accepts TCP connections and never answers: a partitioned database."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
+    with silent_listener() as port:
+        yield port
 
 
 def test_during_a_partition_each_name_falls_back_to_its_own_file_and_a_typo_answers_at_once(

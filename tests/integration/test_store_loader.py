@@ -5,8 +5,6 @@ and an unreachable database costs a bounded connect timeout, never a hang."""
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 
 from modelstore import ModelEvaluationDB, ModelLoader
 from modelstore.errors import ModelNotFound
+from tests.support.silent import silent_listener
 
 REFUSED_URL = "postgresql://postgres@127.0.0.1:1/x"
 
@@ -111,28 +110,8 @@ def test_unreachable_database_falls_back_quickly(model_dir: Path, pipeline_bytes
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP port that accepts connections and never answers: a hung database server."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
+    with silent_listener() as port:
+        yield port
 
 
 def test_a_hung_database_costs_the_connect_timeout_not_a_hang(
