@@ -70,8 +70,9 @@ QUALITY_GATE_MIN_ROWS = 200
 QUALITY_GATE_INTERVAL_S = 5.0
 """How often a worker's quality gate re-checks the production versions."""
 
-SCHEMA_VERSION = 2
-"""2: the partitioned log (bigint ids, role, rollups); `predq db upgrade` migrates 1."""
+SCHEMA_VERSION = 3
+"""2: the partitioned log (bigint ids, role, rollups); 3: model_artifacts.upload_request_id
+(idempotent uploads). `predq db upgrade` migrates 1 and 2."""
 LOG_PARTITION = "day"
 """PREDQ_LOG_PARTITION: the prediction log's partition grain, day, week or month."""
 LOG_PARTITIONS_AHEAD = 7

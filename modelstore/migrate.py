@@ -70,9 +70,8 @@ def _upgrade(conn: Connection, signing_key: artifacts.Keys, grain: str) -> list[
     recorded = _recorded_version(conn) if schema.schema_info.name in existing else None
     if recorded == defaults.SCHEMA_VERSION:
         return []
-    if recorded is not None:  # 1: everything but the log is current
-        return (_create_missing(conn, existing) + log_upgrade.rebuild(conn, grain)
-                + _record_version(conn))
+    if recorded is not None:
+        return _from_predq(conn, recorded, existing, grain) + _record_version(conn)
     _check_seed_tables(conn, existing)
     if A.name in existing:
         _check_production_flags(conn)
@@ -88,6 +87,24 @@ def _upgrade(conn: Connection, signing_key: artifacts.Keys, grain: str) -> list[
     if A.name in existing:
         steps += _legacy_artifacts(conn, signing_key)
     return steps + _record_version(conn)
+
+
+def _from_predq(conn: Connection, recorded: int, existing: set[str], grain: str) -> list[str]:
+    """An older predq database: 1 lacks the partitioned log, 2 the upload request ids."""
+    steps = _create_missing(conn, existing)
+    if recorded < 2:
+        steps += log_upgrade.rebuild(conn, grain)
+    return steps + _upload_request_ids(conn)
+
+
+def _upload_request_ids(conn: Connection) -> list[str]:
+    """Version 3: model_artifacts.upload_request_id and its unique index."""
+    steps = _add_columns(conn, A)
+    have = {i["name"] for i in inspect(conn).get_indexes(A.name)}
+    if schema.UPLOAD_REQUEST_INDEX.name not in have:
+        schema.UPLOAD_REQUEST_INDEX.create(conn)
+        steps.append(f"created index {schema.UPLOAD_REQUEST_INDEX.name}")
+    return steps
 
 
 def _create_missing(conn: Connection, existing: set[str]) -> list[str]:

@@ -88,12 +88,17 @@ model_artifacts = Table(
     Column("serialization_format", String(20), nullable=False, server_default=text("'joblib'")),
     Column("signature", String(128)),
     Column("feature_schema", Json),
+    # The `request_id` of the predq.store_model that stored it (schema 3): a re-sent upload
+    # returns this row. NULL for everything else, which the unique index allows many times.
+    Column("upload_request_id", String(128)),
     UniqueConstraint("run_id", "model_version"),
     UniqueConstraint("model_name", "model_version", name="uq_model_artifacts_name_version"),
 )
 Index("idx_model_artifacts_run_id", model_artifacts.c.run_id)
 Index("idx_model_artifacts_is_production", model_artifacts.c.is_production)
 Index("idx_model_artifacts_model_version", model_artifacts.c.model_version)
+UPLOAD_REQUEST_INDEX = Index("uq_model_artifacts_upload_request", model_artifacts.c.model_name,
+                             model_artifacts.c.upload_request_id, unique=True)
 # EXTERNAL: stored uncompressed out of line. Skips pglz on every load, and lets the loader
 # fetch the blob as substrings that read only their own TOAST chunks (blobs.py).
 BINARY_STORAGE_DDL = "ALTER TABLE model_artifacts ALTER COLUMN model_binary SET STORAGE EXTERNAL"

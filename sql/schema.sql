@@ -19,6 +19,7 @@ CREATE TABLE model_artifacts (
 	serialization_format VARCHAR(20) DEFAULT 'joblib' NOT NULL, 
 	signature VARCHAR(128), 
 	feature_schema JSONB, 
+	upload_request_id VARCHAR(128), 
 	PRIMARY KEY (id), 
 	UNIQUE (run_id, model_version), 
 	CONSTRAINT uq_model_artifacts_name_version UNIQUE (model_name, model_version)
@@ -33,6 +34,8 @@ CREATE INDEX idx_model_artifacts_model_version ON model_artifacts (model_version
 CREATE INDEX idx_model_artifacts_run_id ON model_artifacts (run_id);
 
 CREATE UNIQUE INDEX uq_model_artifacts_one_production ON model_artifacts (model_name) WHERE is_production;
+
+CREATE UNIQUE INDEX uq_model_artifacts_upload_request ON model_artifacts (model_name, upload_request_id);
 
 CREATE TABLE model_prediction_rollups (
 	model_name VARCHAR(100) NOT NULL, 
@@ -213,4 +216,4 @@ CREATE TABLE production_pointer (
 	FOREIGN KEY(artifact_id) REFERENCES model_artifacts (id)
 );
 
-INSERT INTO predq_schema (version) VALUES (2);
+INSERT INTO predq_schema (version) VALUES (3);

@@ -49,7 +49,9 @@ def test_a_v1_database_with_data_migrates_with_its_rows_and_figures(
     assert steps == ["created table model_prediction_rollups", "created table predq_log_state",
                      "rebuilt model_predictions as a partitioned table with bigint ids, a role "
                      f"column and rollups: copied 3000 rows into {_days(pg_url)} new partitions",
-                     "recorded predq schema version 2"]
+                     "added column model_artifacts.upload_request_id",
+                     "created index uq_model_artifacts_upload_request",
+                     "recorded predq schema version 3"]
     assert migrate.upgrade(pg_url) == []  # twice: a no-op
     assert fetch(pg_url, FIGURES) == before
     assert fetch(pg_url, "SELECT data_type FROM information_schema.columns WHERE "
