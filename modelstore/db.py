@@ -41,7 +41,7 @@ from modelstore.errors import (
 )
 from modelstore.predictions import BackfillResult, PredictionRow
 from modelstore.promotion import Pointer, PromotionResult
-from modelstore.versions import new_version
+from modelstore.versions import free_version
 
 A = schema.model_artifacts
 _AUTO_VERSION_TRIES = 5
@@ -55,6 +55,8 @@ class StoredModel:
     size_bytes: int
     artifact_id: int
     promotion: PromotionResult | None = None
+    reused: bool = False
+    """True when this upload was stored before (same request id, or same bytes and run)."""
 
 
 def default_actor() -> str:
@@ -114,19 +116,24 @@ class ModelEvaluationDB:
                     feature_schema: dict[str, Any] | None = None,
                     describe: bool = True, by: str | None = None,
                     reason: str | None = None,
-                    serialization_format: str = artifacts.FORMAT_JOBLIB) -> StoredModel:
+                    serialization_format: str = artifacts.FORMAT_JOBLIB,
+                    upload_request_id: str | None = None) -> StoredModel:
         """Store an artifact (and its run and metrics); with is_production, promote it too.
 
         A None version gets YYYYMMDD_HHMMSS, suffixed when two land in one second.
         With `describe` and no `feature_schema`, the bytes are loaded once to capture the
         input columns: only do that for bytes this process made (workers pass False).
         `serialization_format` (joblib, skops, onnx) is recorded; the loader dispatches on it.
+        With `upload_request_id`, an upload already stored under that id for this model name
+        is returned as it is (`reused`, nothing stored or promoted), also when two race.
         """
         _check_text("run_id", run_id, 255)
         _check_text("model_type", model_type, 100)
         _check_text("model_name", model_name, 100)
         if model_version is not None:
             _check_text("model_version", model_version, 50)
+        if upload_request_id is not None:
+            _check_text("upload_request_id", upload_request_id, 128)
         if not isinstance(model_binary, bytes | bytearray | memoryview) or not model_binary:
             raise InvalidInput("model_binary: expected non-empty bytes")
         data = bytes(model_binary)
@@ -140,7 +147,7 @@ class ModelEvaluationDB:
                "r2_score": r2, "model_name": model_name, "sha256": sha,
                "serialization_format": serialization_format,
                "signature": artifacts.sign(sha, self.signing_key) if self.signing_key else None,
-               "feature_schema": feature_schema}
+               "feature_schema": feature_schema, "upload_request_id": upload_request_id}
 
         # An auto version lost to a concurrent store in the same second: pick the next suffix.
         tries = 1 if model_version is not None else _AUTO_VERSION_TRIES
@@ -161,7 +168,7 @@ class ModelEvaluationDB:
         try:
             with self._tx("storing model", model_name=name, model_version=requested,
                           run_id=row["run_id"]) as conn:
-                version = requested or _free_version(conn, name)
+                version = requested or free_version(conn, name)
                 conn.execute(_upsert(conn, schema.model_runs).values(
                     run_id=row["run_id"], model_name=name).on_conflict_do_nothing())
                 artifact_id = conn.execute(A.insert().values(model_version=version, **row)
@@ -172,6 +179,10 @@ class ModelEvaluationDB:
                     result = promotion.promote(conn, name, version, action="store", by=by,
                                                reason=reason, signing_key=self.signing_key)
         except IntegrityError as exc:
+            # The unique (model_name, upload_request_id) index: another copy of this upload won.
+            earlier = self.find_request(name, row["upload_request_id"])
+            if earlier is not None:
+                return earlier
             raise DuplicateModelVersion(
                 f"model {name!r} version {version!r} (run_id {row['run_id']!r}) is already "
                 "stored; choose another version") from exc
@@ -181,15 +192,27 @@ class ModelEvaluationDB:
     def find_upload(self, model_name: str, sha256: str, run_id: str) -> StoredModel | None:
         """The stored artifact with exactly these bytes for this run, if any (an upload sent
         twice); its promotion is set when the version was ever promoted."""
-        with self._tx("looking up an upload", model_name=model_name, run_id=run_id) as conn:
-            row = conn.execute(select(A.c.id, A.c.model_version, A.c.model_size_bytes).where(
-                and_(A.c.model_name == model_name, A.c.sha256 == sha256,
-                     A.c.run_id == run_id)).order_by(A.c.id).limit(1)).first()
+        return self._find_artifact("looking up an upload", model_name, A.c.sha256 == sha256,
+                                   A.c.run_id == run_id)
+
+    def find_request(self, model_name: str, upload_request_id: str | None
+                     ) -> StoredModel | None:
+        """The artifact the upload with this request id stored for this model name, if any."""
+        if upload_request_id is None:
+            return None
+        return self._find_artifact("looking up an upload request", model_name,
+                                   A.c.upload_request_id == upload_request_id)
+
+    def _find_artifact(self, action: str, model_name: str, *conds: Any) -> StoredModel | None:
+        with self._tx(action, model_name=model_name) as conn:
+            row = conn.execute(select(A.c.id, A.c.model_version, A.c.model_size_bytes,
+                                      A.c.sha256).where(A.c.model_name == model_name, *conds)
+                               .order_by(A.c.id).limit(1)).first()
             if row is None:
                 return None
             promoted = promotion.was_promoted(conn, model_name, row.model_version)
-        return StoredModel(model_name, row.model_version, sha256, int(row.model_size_bytes or 0),
-                           row.id, promoted)
+        return StoredModel(model_name, row.model_version, str(row.sha256),
+                           int(row.model_size_bytes or 0), row.id, promoted, reused=True)
 
     def record_metrics(self, run_id: str, metrics: Mapping[str, float],
                        metric_type: str = "validation") -> None:
@@ -385,19 +408,6 @@ def _write_metrics(conn: Connection, run_id: str, metrics: dict[str, float],
     conn.execute(stmt.on_conflict_do_update(
         index_elements=["run_id", "metric_name", "metric_type"],
         set_={"metric_value": stmt.excluded.metric_value}), rows)
-
-
-def _free_version(conn: Connection, model_name: str) -> str:
-    """YYYYMMDD_HHMMSS, with _2, _3… when that second is taken for this model name."""
-    base = new_version()
-    taken = set(conn.execute(select(A.c.model_version).where(and_(
-        A.c.model_name == model_name, A.c.model_version.like(f"{base}%")))).scalars())
-    if base not in taken:
-        return base
-    n = 2
-    while f"{base}_{n}" in taken:
-        n += 1
-    return f"{base}_{n}"
 
 
 def _describe_own_bytes(data: bytes, fmt: str) -> dict[str, Any] | None:
