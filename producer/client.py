@@ -174,7 +174,8 @@ class PredqClient:
                        metrics: Mapping[str, float] | None = None, promote: bool = False,
                        model: str = DEFAULT_MODEL, version: str | None = None,
                        direct: bool | None = None, timeout: float = 300.0,
-                       format: str | None = None, sample: Any = None) -> str:
+                       format: str | None = None, sample: Any = None,
+                       request_id: str | None = None) -> str:
         """Store a model (an object, or a joblib/skops/onnx file path); return its version.
 
         direct=True writes to the database from here; False sends `predq.store_model`
@@ -185,6 +186,8 @@ class PredqClient:
         which workers require for pickle), skops (needs no key), or onnx (converts the
         model with skl2onnx and checks parity on `sample`, a DataFrame of input rows).
         A file's format defaults to what its bytes are.
+        `request_id` makes the upload idempotent: sent again (a retry, a redelivery), the
+        version stored the first time under it for `model` is returned, promoted at most once.
         """
         clean = payloads.check_metrics(metrics)
         fmt = payloads.artifact_format(artifact, format)
@@ -193,11 +196,11 @@ class PredqClient:
             direct = True
         if direct:
             return self._store_direct(artifact, model_type, run_id, clean, promote, model,
-                                      version, fmt, sample)
+                                      version, fmt, sample, request_id)
         with transport.artifact_for_task(artifact, self.settings, fmt, sample) as payload:
             if payload is None and direct is None:
                 return self._store_direct(artifact, model_type, run_id, clean, promote,
-                                          model, version, fmt, sample)
+                                          model, version, fmt, sample, request_id)
             if payload is None:
                 raise InvalidInput(transport.too_big_message(artifact, self.settings))
             kwargs = {"artifact_path": payload.artifact_path,
@@ -206,6 +209,8 @@ class PredqClient:
                       "promote": promote, "feature_schema": payload.feature_schema,
                       "signature": transport.upload_signature(payload, self.settings),
                       "format": fmt}
+            if request_id is not None:  # older workers refuse an argument they do not know
+                kwargs["request_id"] = request_id
             value = self._wait(self._send(STORE_MODEL, kwargs), timeout,
                                f"store_model run_id={run_id!r}")
         if isinstance(value, dict) and value.get("error"):
@@ -216,7 +221,8 @@ class PredqClient:
 
     def _store_direct(self, artifact: object, model_type: str, run_id: str,
                       metrics: dict[str, float], promote: bool, model: str,
-                      version: str | None, fmt: str, sample: Any) -> str:
+                      version: str | None, fmt: str, sample: Any,
+                      request_id: str | None) -> str:
         data, feature_schema = payloads.artifact_bytes(artifact, fmt, sample)
         # The seed's own columns too, so `list_models()` shows them as the seed guide does.
         stored = self.db.store_model(run_id, version, model_type, data,
@@ -224,7 +230,10 @@ class PredqClient:
                                      r2=metrics.get("r2"), metrics=metrics,
                                      is_production=promote, model_name=model,
                                      feature_schema=feature_schema, describe=False,
-                                     serialization_format=fmt)
+                                     serialization_format=fmt, upload_request_id=request_id)
+        if stored.reused and promote and stored.promotion is None:
+            self.db.set_production_model(stored.model_version, model, by=default_actor(),
+                                         reason="register_model promote=True (re-sent)")
         return stored.model_version
 
     # -- ops ------------------------------------------------------------------------------

@@ -6,14 +6,16 @@ Everything a task carries is data, never code (README, "Security"):
 - skops bytes are audited against the allow-list before anything is constructed;
 - ONNX bytes must open in onnxruntime.
 Whatever is accepted is loaded once and must be a model that can serve, before it is
-stored. The same upload sent twice (same model name, bytes and run_id) returns the version
-stored the first time and promotes at most once.
+stored. The same upload sent twice (same model name, bytes and run_id), or an upload whose
+`request_id` was stored before for that model name (whatever its bytes now), returns the
+version stored the first time, with `reused: true`, and promotes at most once.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ from modelstore.db import ModelEvaluationDB, StoredModel
 from modelstore.defaults import DEFAULT_MODEL_NAME
 from modelstore.errors import ArtifactSignatureError, InvalidInput
 from modelstore.settings import Settings
+from workers.validation import check_request_id
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +107,12 @@ def artifact_bytes(settings: Settings, artifact_path: object, artifact_b64: obje
         raise InvalidInput(f"artifact_b64: not valid base64: {exc}") from exc
 
 
-def _check_arguments(metrics: object, feature_schema: object, extra: dict[str, Any]) -> None:
+def _check_arguments(metrics: object, feature_schema: object, request_id: object,
+                     extra: dict[str, Any]) -> None:
     problem = unexpected(extra)
     if problem:
+        raise InvalidInput(problem)
+    if request_id is not None and (problem := check_request_id(request_id)):
         raise InvalidInput(problem)
     if metrics is not None and not isinstance(metrics, dict):
         raise InvalidInput("metrics: expected an object of name -> number")
@@ -127,8 +133,8 @@ def store_model(app: Celery, settings: Settings, artifact_path: object = None,
                 model: object = DEFAULT_MODEL_NAME, version: object = None,
                 promote: object = False, feature_schema: object = None,
                 signature: object = None, format: object = None,
-                **extra: Any) -> dict[str, Any]:
-    _check_arguments(metrics, feature_schema, extra)
+                request_id: object = None, **extra: Any) -> dict[str, Any]:
+    _check_arguments(metrics, feature_schema, request_id, extra)
     fmt = formats.check_format(format)
     data = artifact_bytes(settings, artifact_path, artifact_b64)
     formats.check_bytes_match(data, fmt, _LABEL)
@@ -136,7 +142,7 @@ def store_model(app: Celery, settings: Settings, artifact_path: object = None,
         # skops: audited against the allow-list before anything is constructed.
         check_servable(settings, data, fmt, feature_schema)  # type: ignore[arg-type]
     db = ModelEvaluationDB(settings.database_url, signing_key=settings.signing_key)
-    stored = _already_stored(app, db, data, model, run_id, promote)
+    stored = _already_stored(db, data, model, run_id, request_id)
     if stored is None:
         seed = {name: (metrics or {}).get(name) for name in _SEED_METRIC_COLUMNS}  # type: ignore[attr-defined]
         stored = db.store_model(run_id, version, model_type, data,  # type: ignore[arg-type]
@@ -144,28 +150,43 @@ def store_model(app: Celery, settings: Settings, artifact_path: object = None,
                                 is_production=bool(promote), model_name=model,  # type: ignore[arg-type]
                                 metrics=metrics, feature_schema=feature_schema,  # type: ignore[arg-type]
                                 describe=False, serialization_format=fmt,
-                                reason="predq.store_model promote=True" if promote else None)
+                                reason="predq.store_model promote=True" if promote else None,
+                                upload_request_id=request_id)  # type: ignore[arg-type]
+    if stored.reused:  # re-sent, or lost a race to its twin
+        stored = _promote_once(app, db, stored, promote)
+    else:
         _broadcast(app, stored)
     generation = stored.promotion.generation if stored.promotion else None
     return {"model_version": stored.model_version, "sha256": stored.sha256,
-            "size_bytes": stored.size_bytes, "generation": generation, "format": fmt}
+            "size_bytes": stored.size_bytes, "generation": generation, "format": fmt,
+            "reused": stored.reused}
 
 
-def _already_stored(app: Celery, db: ModelEvaluationDB, data: bytes, model: object, run_id: object,
-                    promote: object) -> StoredModel | None:
-    """A re-sent upload: the stored version, promoted now only if it never was."""
+def _already_stored(db: ModelEvaluationDB, data: bytes, model: object, run_id: object,
+                    request_id: object) -> StoredModel | None:
+    """A re-sent upload: the version its request id, else its bytes and run, stored."""
     if not isinstance(model, str) or not isinstance(run_id, str):
         return None  # store_model names the bad field
-    stored = db.find_upload(model, artifacts.sha256_hex(data), run_id)
-    if stored is None:
-        return None
-    log.info("store_model: model %r run_id %r with sha256 %s… is already stored as %s; "
-             "not storing it again", model, run_id, stored.sha256[:12], stored.model_version)
+    sha = artifacts.sha256_hex(data)
+    stored = db.find_request(model, request_id)  # type: ignore[arg-type]
+    if stored is not None and stored.sha256 != sha:
+        log.warning("store_model: model %r request_id %r was stored as %s with sha256 %s…; "
+                    "returning it, not these different bytes (sha256 %s…)", model, request_id,
+                    stored.model_version, stored.sha256[:12], sha[:12])
+    stored = stored or db.find_upload(model, sha, run_id)
+    if stored is not None:
+        log.info("store_model: model %r run_id %r is already stored as %s; not storing it "
+                 "again", model, run_id, stored.model_version)
+    return stored
+
+
+def _promote_once(app: Celery, db: ModelEvaluationDB, stored: StoredModel,
+                  promote: object) -> StoredModel:
+    """A re-sent upload with promote=True promotes its version only if it never was."""
     if promote and stored.promotion is None:
-        moved = db.set_production_model(stored.model_version, model,
+        moved = db.set_production_model(stored.model_version, stored.model_name,
                                         reason="predq.store_model promote=True (re-sent)")
-        stored = StoredModel(stored.model_name, stored.model_version, stored.sha256,
-                             stored.size_bytes, stored.artifact_id, moved)
+        stored = dataclasses.replace(stored, promotion=moved)
         _broadcast(app, stored)
     return stored
 

@@ -30,7 +30,7 @@ def _v2_artifact(conn: Connection, blob: bytes) -> None:
 
 
 def _upgraded_twice_then_dedups(url: str, blob: bytes) -> None:
-    with pytest.raises(SchemaError, match="version 2, this predq needs 3.*predq db upgrade"):
+    with pytest.raises(SchemaError, match=r"version 2, this predq needs 3; run `predq db upgrade`"):
         ModelEvaluationDB(url)
     assert migrate.upgrade(url) == V3_STEPS
     assert migrate.upgrade(url) == []
