@@ -151,10 +151,10 @@ def test_the_same_version_stored_twice_at_once(store_url: str, pipeline_bytes: b
 
 def test_auto_versions_in_one_second_get_suffixes(store_url: str, pipeline_bytes: bytes,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import modelstore.db
+    import modelstore.versions
 
     frozen = datetime(2026, 1, 5, 14, 30, 22, tzinfo=UTC)
-    monkeypatch.setattr(modelstore.db, "new_version",
+    monkeypatch.setattr(modelstore.versions, "new_version",
                         lambda: frozen.strftime("%Y%m%d_%H%M%S"))
     db = ModelEvaluationDB(store_url)
     first = db.store_model("run-a", None, "RandomForest", pipeline_bytes, describe=False)
