@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from modelstore.db import ModelEvaluationDB, StoredModel
+    from modelstore.db import ModelEvaluationDB
     from modelstore.errors import PredqError
     from modelstore.loader import (
         LoadedModel,
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         load_production_model,
     )
     from modelstore.settings import Settings
+    from modelstore.stored import StoredModel
 
 _EXPORTS = {
     "LoadedModel": "modelstore.loader",
@@ -28,7 +29,7 @@ _EXPORTS = {
     "ModelLoader": "modelstore.loader",
     "PredqError": "modelstore.errors",
     "Settings": "modelstore.settings",
-    "StoredModel": "modelstore.db",
+    "StoredModel": "modelstore.stored",
     "list_models": "modelstore.loader",
     "load_model_by_version": "modelstore.loader",
     "load_production_model": "modelstore.loader",

@@ -13,7 +13,6 @@ import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,22 +40,11 @@ from modelstore.errors import (
 )
 from modelstore.predictions import BackfillResult, PredictionRow
 from modelstore.promotion import Pointer, PromotionResult
+from modelstore.stored import StoredModel, claim_request, find_artifact
 from modelstore.versions import free_version
 
 A = schema.model_artifacts
 _AUTO_VERSION_TRIES = 5
-
-
-@dataclass(frozen=True)
-class StoredModel:
-    model_name: str
-    model_version: str
-    sha256: str
-    size_bytes: int
-    artifact_id: int
-    promotion: PromotionResult | None = None
-    reused: bool = False
-    """True when this upload was stored before (same request id, or same bytes and run)."""
 
 
 def default_actor() -> str:
@@ -189,30 +177,26 @@ class ModelEvaluationDB:
         return StoredModel(name, version, row["sha256"], row["model_size_bytes"], artifact_id,
                            result)
 
-    def find_upload(self, model_name: str, sha256: str, run_id: str) -> StoredModel | None:
+    def find_upload(self, model_name: str, sha256: str, run_id: str,
+                    upload_request_id: str | None = None) -> StoredModel | None:
         """The stored artifact with exactly these bytes for this run, if any (an upload sent
-        twice); its promotion is set when the version was ever promoted."""
-        return self._find_artifact("looking up an upload", model_name, A.c.sha256 == sha256,
-                                   A.c.run_id == run_id)
+        twice); its promotion is set when the version was ever promoted. An
+        `upload_request_id` is recorded on it when it has none, so that this id returns it
+        from now on (the first answer for an id stays its answer)."""
+        with self._tx("looking up an upload", model_name=model_name, run_id=run_id) as conn:
+            found = find_artifact(conn, model_name, A.c.sha256 == sha256, A.c.run_id == run_id)
+            if found is None or upload_request_id is None or claim_request(
+                    conn, found.artifact_id, upload_request_id):
+                return found
+        return self.find_request(model_name, upload_request_id)  # a twin claimed it first
 
     def find_request(self, model_name: str, upload_request_id: str | None
                      ) -> StoredModel | None:
         """The artifact the upload with this request id stored for this model name, if any."""
         if upload_request_id is None:
             return None
-        return self._find_artifact("looking up an upload request", model_name,
-                                   A.c.upload_request_id == upload_request_id)
-
-    def _find_artifact(self, action: str, model_name: str, *conds: Any) -> StoredModel | None:
-        with self._tx(action, model_name=model_name) as conn:
-            row = conn.execute(select(A.c.id, A.c.model_version, A.c.model_size_bytes,
-                                      A.c.sha256).where(A.c.model_name == model_name, *conds)
-                               .order_by(A.c.id).limit(1)).first()
-            if row is None:
-                return None
-            promoted = promotion.was_promoted(conn, model_name, row.model_version)
-        return StoredModel(model_name, row.model_version, str(row.sha256),
-                           int(row.model_size_bytes or 0), row.id, promoted, reused=True)
+        with self._tx("looking up an upload request", model_name=model_name) as conn:
+            return find_artifact(conn, model_name, A.c.upload_request_id == upload_request_id)
 
     def record_metrics(self, run_id: str, metrics: Mapping[str, float],
                        metric_type: str = "validation") -> None:

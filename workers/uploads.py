@@ -24,10 +24,11 @@ from typing import Any
 from celery import Celery
 
 from modelstore import artifacts, formats
-from modelstore.db import ModelEvaluationDB, StoredModel
+from modelstore.db import ModelEvaluationDB
 from modelstore.defaults import DEFAULT_MODEL_NAME
 from modelstore.errors import ArtifactSignatureError, InvalidInput
 from modelstore.settings import Settings
+from modelstore.stored import StoredModel
 from workers.validation import check_request_id
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def _already_stored(db: ModelEvaluationDB, data: bytes, model: object, run_id: o
         log.warning("store_model: model %r request_id %r was stored as %s with sha256 %s…; "
                     "returning it, not these different bytes (sha256 %s…)", model, request_id,
                     stored.model_version, stored.sha256[:12], sha[:12])
-    stored = stored or db.find_upload(model, sha, run_id)
+    stored = stored or db.find_upload(model, sha, run_id, request_id)  # type: ignore[arg-type]
     if stored is not None:
         log.info("store_model: model %r run_id %r is already stored as %s; not storing it "
                  "again", model, run_id, stored.model_version)

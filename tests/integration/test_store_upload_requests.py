@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from modelstore import ModelEvaluationDB
-from modelstore.db import StoredModel
 from modelstore.errors import DuplicateModelVersion, InvalidInput
+from modelstore.stored import StoredModel
 
 
 def test_the_same_request_id_returns_the_first_version_and_promotes_once(
@@ -68,3 +68,27 @@ def test_two_racing_copies_store_one_row(store_url: str, pipeline_bytes: bytes) 
     db = ModelEvaluationDB(store_url)
     assert len(db.list_models()) == 1
     assert len(db.promotion_history()) == 1
+
+
+def test_a_request_id_answered_by_an_earlier_upload_keeps_that_answer(
+        store_url: str, pipeline_bytes: bytes, pipeline_v2_bytes: bytes) -> None:
+    db = ModelEvaluationDB(store_url)
+    earlier = db.store_model("run-a", "v1", "RandomForest", pipeline_bytes)
+    # A new request id whose bytes and run were stored before: the earlier version, and the
+    # id is recorded on it, so a re-send with other bytes gets the same answer.
+    found = db.find_upload("default", earlier.sha256, "run-a", "late-id")
+    assert found is not None and found.model_version == "v1" and found.reused
+    again = db.store_model("run-b", "v2", "RandomForest", pipeline_v2_bytes,
+                           upload_request_id="late-id")
+    assert (again.model_version, again.reused) == ("v1", True)
+    # An artifact keeps the first id recorded on it.
+    assert db.find_upload("default", earlier.sha256, "run-a", "other-id") == found
+    assert db.find_request("default", "other-id") is None
+    assert [m["model_version"] for m in db.list_models()] == ["v1"]
+    # An id another artifact already holds (a twin won the race): that artifact's answer.
+    taken = db.store_model("run-c", "v3", "RandomForest", pipeline_v2_bytes,
+                           upload_request_id="taken")
+    unclaimed = db.store_model("run-d", "v4", "RandomForest", pipeline_bytes)
+    assert db.find_upload("default", unclaimed.sha256, "run-d", "taken") == db.find_request(
+        "default", "taken")
+    assert taken.model_version == "v3"
