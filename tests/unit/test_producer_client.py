@@ -263,6 +263,29 @@ def test_register_direct_stores_metrics_and_schema(small_model: Any, sqlite_url:
     assert ModelEvaluationDB(sqlite_url).production_pointer("cars") is None
 
 
+def test_register_passes_request_id_only_when_given(small_model: Any) -> None:
+    app = StubApp(tasks={"predq.store_model": store_ok})
+    client = client_with(app)
+    client.register_model(small_model, "RF", "r", direct=False, format="skops")
+    client.register_model(small_model, "RF", "r", direct=False, format="skops",
+                          request_id="upload-7")
+    assert "request_id" not in app.sent[0].kwargs
+    assert app.sent[1].kwargs["request_id"] == "upload-7"
+
+
+def test_register_direct_with_a_request_id_stores_and_promotes_once(
+        small_model: Any, sqlite_url: str) -> None:
+    client = client_with(StubApp(), settings_for(sqlite_url))
+    first = client.register_model(small_model, "RF", "run-1", direct=True, request_id="u-1")
+    # Retried with promote=True and another run: the same version, promoted now, once.
+    for run in ("run-2", "run-3"):
+        assert client.register_model(small_model, "RF", run, direct=True, promote=True,
+                                     request_id="u-1") == first
+    db = ModelEvaluationDB(sqlite_url)
+    assert [m["model_version"] for m in db.list_models()] == [first]
+    assert [h["to_version"] for h in db.promotion_history()] == [first]
+
+
 # -- promote / rollback / serving -----------------------------------------------------------
 
 
