@@ -110,7 +110,7 @@ def test_rabbitmq_profile_points_its_workers_at_rabbitmq(compose: dict[str, Any]
     env = worker["environment"]
     assert env["PREDQ_BROKER_URL"].startswith("amqp://predq:")
     assert env["PREDQ_BROKER_URL"].endswith("@rabbitmq:5672//")
-    assert env["PREDQ_RESULT_BACKEND"].startswith("redis://redis:")
+    assert env["PREDQ_RESULT_BACKEND"].startswith("redis://:${REDIS_PASSWORD:?")
     assert "@postgres:5432/" in env["DATABASE_URL"]
     assert worker["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
     assert services["rabbitmq"]["volumes"][0].split(":")[0] in compose["volumes"]

@@ -32,6 +32,7 @@ def test_bad_owner_ttl_names_the_variable(raw: str) -> None:
 
 
 def test_owner_ttl_is_only_for_redis() -> None:
-    transport = Settings.from_env({"PREDQ_BROKER_URL": "amqp://guest@localhost//"}
+    transport = Settings.from_env({"PREDQ_BROKER_URL": "amqp://guest@localhost//",
+                                   "PREDQ_RESULT_BACKEND": "redis://localhost:6379/1"}
                                   ).celery_config()["broker_transport_options"]
     assert "owner_ttl" not in transport
