@@ -10,7 +10,8 @@ database (flushed at start and end), with a ~33 MB RandomForest pipeline as prod
   3. the naive design (bench/naive_app.py: prefork -c 2, INSERT + COMMIT per row over a
      persistent connection) with results stored (predq >= 3x);
   4. `predq.predict_batch`, 1,000 rows/task, against 2 processes doing DataFrame +
-     predict + COPY in-process (>= 0.85x);
+     predict + COPY in-process: row dicts (>= 0.85x), columnar (>= 0.95x), each also
+     with return_results=false (columnar >= 1.0x); `--batches-only` runs just this;
   5. low-load latency of sequential single-row predicts (p50 <= 15 ms, p99 <= 30 ms);
   6. promote -> every process of both nodes serving the new version (<= 1 s, 3 trials).
 Prints every figure with its baseline and ratio, then a summary; the default run writes
