@@ -39,8 +39,7 @@ import redis
 
 from bench import naive_app
 from bench.serving_amqp import AmqpBroker, bench_broker, rabbitmq_pid
-from bench.serving_batches import SHAPES, shaped
-from bench.serving_ceiling import ceiling
+from bench.serving_batches import run_batches
 from bench.serving_cpu import CpuMeter, describe, with_children
 from bench.serving_load import (
     BackgroundLoad,
@@ -295,27 +294,7 @@ class Bench:
                 for t in range(tasks)]
 
     def batches(self) -> None:
-        cfg = self.cfg
-        log(f"\n[4] predict_batch: {cfg.batch_tasks} tasks x {cfg.batch_rows:,} rows, each "
-            f"payload shape, vs 2 processes doing DataFrame + predict + COPY in-process")
-        dsn = naive_app.libpq_dsn(self.url)
-        for r in range(1, cfg.batch_rounds + 1):
-            rows = self.batch_calls("unused-", cfg.batch_tasks, cfg.batch_rows, seed=100 + r)
-            seconds, _, n = ceiling(str(self.model_file), dsn, [c["rows"] for c in rows], 2,
-                                    "bench-v1", f"c{r}")
-            base = self.record("ceiling", Run("in-process ceiling, 2 processes", n, seconds))
-            log(f"  round {r}:")
-            self.show(base, "rows")
-            for k, (key, label, columnar, results, _) in enumerate(SHAPES):
-                prefix = f"b{r}{k}-"
-                calls = shaped(rows, prefix, columnar, results)
-                self.broker.wait_idle()
-                self.fresh_app()
-                run = self.measured(key, send_collect, self.app, "predq.predict_batch",
-                                    calls, f"predict_batch, {label}"[:34],
-                                    items_per_call=cfg.batch_rows, rows=(self.rows, prefix),
-                                    broker=self.broker)
-                self.show(run, "rows", base)
+        run_batches(self, str(self.model_file), naive_app.libpq_dsn(self.url), log)
 
     def promote(self) -> None:
         cfg = self.cfg
