@@ -10,7 +10,8 @@ database (flushed at start and end), with a ~33 MB RandomForest pipeline as prod
   3. the naive design (bench/naive_app.py: prefork -c 2, INSERT + COMMIT per row over a
      persistent connection) with results stored (predq >= 3x);
   4. `predq.predict_batch`, 1,000 rows/task, against 2 processes doing DataFrame +
-     predict + COPY in-process (>= 0.85x);
+     predict + COPY in-process: row dicts (>= 0.85x), columnar (>= 0.95x), each also
+     with return_results=false (columnar >= 1.0x); `--batches-only` runs just this;
   5. low-load latency of sequential single-row predicts (p50 <= 15 ms, p99 <= 30 ms);
   6. promote -> every process of both nodes serving the new version (<= 1 s, 3 trials).
 Prints every figure with its baseline and ratio, then a summary; the default run writes
@@ -38,7 +39,7 @@ import redis
 
 from bench import naive_app
 from bench.serving_amqp import AmqpBroker, bench_broker, rabbitmq_pid
-from bench.serving_ceiling import ceiling
+from bench.serving_batches import run_batches
 from bench.serving_cpu import CpuMeter, describe, with_children
 from bench.serving_load import (
     BackgroundLoad,
@@ -53,6 +54,7 @@ from bench.serving_load import (
 )
 from bench.serving_promote import promote_trials
 from bench.serving_report import (
+    batch_rows,
     jsonable,
     readme_block,
     summarize,
@@ -87,6 +89,7 @@ class Config:
     background_rate: float = 40.0
     concurrency: int = defaults.WORKER_THREADS
     conventional: bool = False  # workers as the bare `celery -A workers worker`
+    batches_only: bool = False  # only [4]: the predict_batch payload shapes
 
     @classmethod
     def quick(cls) -> Config:
@@ -291,25 +294,7 @@ class Bench:
                 for t in range(tasks)]
 
     def batches(self) -> None:
-        cfg = self.cfg
-        log(f"\n[4] predict_batch: {cfg.batch_tasks} tasks x {cfg.batch_rows:,} rows, "
-            f"vs 2 processes doing DataFrame + predict + COPY in-process")
-        dsn = naive_app.libpq_dsn(self.url)
-        for r in range(1, cfg.batch_rounds + 1):
-            prefix = f"b{r}-"
-            calls = self.batch_calls(prefix, cfg.batch_tasks, cfg.batch_rows, seed=100 + r)
-            self.broker.wait_idle()
-            self.fresh_app()
-            run = self.measured("batch", send_collect, self.app, "predq.predict_batch", calls,
-                                "predq.predict_batch (1,000 rows)",
-                                items_per_call=cfg.batch_rows, rows=(self.rows, prefix),
-                                broker=self.broker)
-            seconds, _, rows = ceiling(str(self.model_file), dsn, [c["rows"] for c in calls], 2,
-                                       "bench-v1", f"c{r}")
-            base = self.record("ceiling", Run("in-process ceiling, 2 processes", rows, seconds))
-            log(f"  round {r}:")
-            self.show(base, "rows")
-            self.show(run, "rows", base)
+        run_batches(self, str(self.model_file), naive_app.libpq_dsn(self.url), log)
 
     def promote(self) -> None:
         cfg = self.cfg
@@ -344,6 +329,9 @@ class Bench:
             log(f"  started and warmed up in {time.perf_counter() - started:.1f} s "
                 f"(pids {self.worker_pids}; logs in {self.logs})")
             try:
+                if self.cfg.batches_only:
+                    self.batches()
+                    return
                 self.single_rows()
                 self.latency()
                 self.batches()
@@ -366,6 +354,9 @@ def main() -> None:
     parser.add_argument("--broker", default=REDIS_URL,
                         help="broker URL; amqp://user:pass@host:5672 runs in a fresh vhost "
                         "(Redis stays the result backend); README untouched")
+    parser.add_argument("--batches-only", action="store_true",
+                        help="only the predict_batch payload shapes against the ceiling "
+                             "(README untouched)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--logs", type=Path, help="keep the worker logs in this directory")
     parser.add_argument("--no-readme", action="store_true",
@@ -374,7 +365,8 @@ def main() -> None:
     cfg = Config.quick() if args.quick else Config()
     overrides = {k: v for k, v in (("tasks", args.tasks), ("rounds", args.rounds),
                                    ("concurrency", args.concurrency),
-                                   ("conventional", args.conventional or None)) if v is not None}
+                                   ("conventional", args.conventional or None),
+                                   ("batches_only", args.batches_only or None)) if v is not None}
     cfg = Config(**{**asdict(cfg), **overrides})
     command = " ".join(["python -m bench.serving_bench", *sys.argv[1:]])
     amqp = args.broker.startswith("amqp")
@@ -390,12 +382,18 @@ def main() -> None:
             logs.mkdir(parents=True, exist_ok=True)
             bench = Bench(cfg, url, Path(tmp), logs, broker)
             bench.register_models()
-            bench.naive()
+            if not cfg.batches_only:
+                bench.naive()
             bench.predq()
     finally:
         flush.flushdb()
         flush.close()
     elapsed = time.perf_counter() - started
+    if cfg.batches_only:
+        log(f"\nSummary ({elapsed:.0f} s in all):\n")
+        log(text_table(batch_rows(bench)))
+        log("\n" + where_time_goes(bench))
+        return
     rows = summarize(bench)
     where = where_time_goes(bench)
     log(f"\nSummary ({elapsed:.0f} s in all):\n")

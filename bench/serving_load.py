@@ -215,6 +215,8 @@ def _errors(result: Any) -> int:
         if "results" in result:
             return sum(1 for r in result["results"] if "error" in r) + (
                 1 if "error" in result else 0)
+        if isinstance(result.get("errors"), list):  # predict_batch, return_results=false
+            return len(result["errors"])
         return 1 if "error" in result else 0
     return 0
 

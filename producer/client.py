@@ -138,7 +138,7 @@ class PredqClient:
         items = payloads.to_rows(rows)
         ids = payloads.request_ids_for(len(items), request_ids)
         self._check_chunk_size(chunk_size)
-        sent = [(start, stop, self._send(PREDICT_BATCH, payloads.batch_kwargs(
+        sent = [(start, stop, self._send(PREDICT_BATCH, payloads.columnar_kwargs(
                     items[start:stop], ids[start:stop], model, version)))
                 for start, stop in payloads.chunks(len(items), chunk_size)]
         out: list[dict[str, Any]] = []
@@ -164,7 +164,7 @@ class PredqClient:
         ids = payloads.request_ids_for(len(items), request_ids)
         self._check_chunk_size(chunk_size)
         for start, stop in payloads.chunks(len(items), chunk_size):
-            kwargs = payloads.batch_kwargs(items[start:stop], ids[start:stop], model, version)
+            kwargs = payloads.columnar_kwargs(items[start:stop], ids[start:stop], model, version)
             self._send(PREDICT_BATCH, kwargs, ignore_result=True)
         return ids
 

@@ -202,6 +202,24 @@ def batch_kwargs(rows: list[Row], request_ids: list[str], model: str, version: s
     return kwargs
 
 
+def columnar_kwargs(rows: list[Row], request_ids: list[str], model: str,
+                    version: str | None) -> dict[str, Any]:
+    """`predict_batch` kwargs in the columnar shape (`columns` + `data`: each name sent
+    once, not once per row), or in the row shape when the rows do not all have the same
+    features (a missing feature must stay "missing", not become null)."""
+    kwargs = batch_kwargs(rows, request_ids, model, version)
+    if not rows:
+        return kwargs
+    columns = list(rows[0])
+    names = set(columns)
+    if any(len(row) != len(columns) or row.keys() != names for row in rows):
+        return kwargs
+    del kwargs["rows"]
+    kwargs["columns"] = columns
+    kwargs["data"] = [[row[c] for c in columns] for row in rows]
+    return kwargs
+
+
 def check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, value in (metrics or {}).items():

@@ -120,7 +120,8 @@ def _log_time(value: object, first_seen: datetime) -> tuple[datetime, bool]:
 
 def execute(model: ServingModel, features: Sequence[object], request_ids: Sequence[str],
             limits: Limits, *, single_rows: bool = False,
-            request_times: Sequence[object] | None = None) -> Outcome:
+            request_times: Sequence[object] | None = None,
+            shape_errors: dict[int, str] | None = None) -> Outcome:
     """Results in input order: {request_id, prediction, confidence} or {request_id, error}.
 
     `request_times` (one per item; None for a raw client that sent none) become the
@@ -129,8 +130,12 @@ def execute(model: ServingModel, features: Sequence[object], request_ids: Sequen
     With `single_rows` the items are independent one-row requests (the micro-batcher):
     errors are not prefixed with a batch position and repeated request_ids are allowed
     (a redelivered message; the log keeps one row).
+
+    `shape_errors` are items refused before validation (their place holds a stand-in).
     """
     ok_idx, clean, errors = validate_rows(features, model.spec, limits)
+    if shape_errors:
+        errors.update(shape_errors)
     if single_rows:
         errors = {i: _strip_position(i, m) for i, m in errors.items()}
         errors.update(request_id_errors(request_ids, True))

@@ -184,7 +184,10 @@ class ServingState:
         return result
 
     def predict_rows(self, rows: list[object], request_ids: list[str], model: object,
-                     version: object, request_time: object = None) -> dict[str, Any]:
+                     version: object, request_time: object = None,
+                     shape_errors: dict[int, str] | None = None) -> dict[str, Any]:
+        """`shape_errors`: rows already refused for their shape (a columnar data row of
+        the wrong length), by position."""
         try:
             serving = self._model_for(model, version)  # type: ignore[arg-type]
         except InvalidInput as exc:
@@ -194,7 +197,8 @@ class ServingState:
         with self._batch_turns:
             started = time.perf_counter()
             outcome = execute(serving, rows, request_ids, self.limits,
-                              request_times=[request_time] * len(rows))
+                              request_times=[request_time] * len(rows),
+                              shape_errors=shape_errors)
             persist(outcome, self.writer.write)
         metrics.observe_results(serving.loaded.model_name, serving.version, outcome.results,
                                 time.perf_counter() - started)

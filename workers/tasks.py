@@ -17,7 +17,7 @@ from modelstore.errors import (
     ModelNotFound,
 )
 from modelstore.settings import Settings
-from workers import uploads
+from workers import columnar, uploads
 from workers.state import get_state
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,27 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     @app.task(name="predq.predict_batch", bind=True, typing=False)
     def predict_batch(self: Task, rows: object = None, model: object = DEFAULT_MODEL_NAME,
                       request_ids: object = None, version: object = None, *args: object,
-                      request_time: object = None, **extra: Any) -> dict[str, Any]:
-        problem = _unexpected(extra) or _batch_problem(rows, request_ids, settings)
+                      request_time: object = None, columns: object = None,
+                      data: object = None, return_results: object = True,
+                      **extra: Any) -> dict[str, Any]:
+        shape_errors: dict[int, str] = {}
+        problem = _unexpected(extra) or _results_problem(return_results)
+        if not problem and (columns is not None or data is not None):
+            problem = columnar.columnar_problem(rows, columns, data)
+            if not problem:
+                problem = columnar.batch_problem(data, request_ids, settings, "data")
+            if not problem:  # columnar_problem proved both lists
+                rows, shape_errors = columnar.to_rows(columns, data)  # type: ignore[arg-type]
+        problem = problem or columnar.batch_problem(rows, request_ids, settings)
         if problem or not isinstance(rows, list):  # the isinstance narrows for mypy
             return {"error": problem, "results": []}
         ids = request_ids if isinstance(request_ids, list) else [
             f"{self.request.id}:{i}" for i in range(len(rows))]
-        return get_state(settings).predict_rows(rows, ids, model, version, request_time)
+        result = get_state(settings).predict_rows(rows, ids, model, version, request_time,
+                                                  shape_errors)
+        if return_results is False and "error" not in result:
+            return columnar.summary(result)
+        return result
 
     @app.task(name="predq.store_model", bind=True, typing=False)
     def store_model(self: Task, **kwargs: Any) -> dict[str, Any]:
@@ -86,15 +100,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         return {"updated": result.updated, "unknown": result.unknown, "invalid": result.invalid}
 
 
-def _batch_problem(rows: object, request_ids: object, settings: Settings) -> str | None:
-    if not isinstance(rows, list):
-        return f"rows: expected a list of feature objects, got {type(rows).__name__}"
-    if not rows:
-        return "rows: empty batch"
-    if len(rows) > settings.max_rows_per_task:
-        return (f"rows: {len(rows)} rows exceed the cap of {settings.max_rows_per_task} per "
-                "task (PREDQ_MAX_ROWS_PER_TASK); split the batch")
-    if request_ids is not None and (not isinstance(request_ids, list)
-                                    or len(request_ids) != len(rows)):
-        return "request_ids: expected a list as long as rows"
-    return None
+def _results_problem(value: object) -> str | None:
+    if value is True or value is False:
+        return None
+    return f"return_results: expected true or false, got {value!r:.60}"

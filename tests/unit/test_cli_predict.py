@@ -32,8 +32,10 @@ def predict_one(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def predict_batch(kwargs: dict[str, Any]) -> dict[str, Any]:
+    rows = kwargs.get("rows") or [dict(zip(kwargs["columns"], values, strict=True))
+                                  for values in kwargs["data"]]
     results = [predict_one({"features": f, "request_id": r})
-               for f, r in zip(kwargs["rows"], kwargs["request_ids"], strict=True)]
+               for f, r in zip(rows, kwargs["request_ids"], strict=True)]
     return {"model_version": "v1", "model_sha256": "ab",
             "results": [{k: v for k, v in r.items() if k not in ("model_version",
                                                                   "model_sha256")}
@@ -122,7 +124,7 @@ def test_predict_file_writes_one_result_per_row_in_order(
     assert list(out["prediction"]) == [float(y) for y in frame["year"]]
     assert set(out["model_version"]) == {"v1"} and out["error"].isna().all()
     assert f"wrote 5 results to {target}: 0 error(s); versions: v1 (5)" in result.stdout
-    sent_features = stub.sent[0].kwargs["rows"][0]
+    sent_features = stub.sent[0].kwargs["columns"]  # columnar by default (issue 16)
     assert sorted(sent_features) == sorted(FEATURES)  # no request_id, no price
 
 

@@ -38,9 +38,16 @@ def fake_predict(kwargs: dict[str, Any]) -> dict[str, Any]:
             "prediction": float(kwargs["features"]["year"]), "confidence": None}
 
 
+def sent_rows(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a predict_batch message in either shape (row dicts or columnar)."""
+    if "rows" in kwargs:
+        return kwargs["rows"]  # type: ignore[no-any-return]
+    return [dict(zip(kwargs["columns"], values, strict=True)) for values in kwargs["data"]]
+
+
 def fake_batch(kwargs: dict[str, Any]) -> dict[str, Any]:
     results = [fake_predict({"features": row, "request_id": rid})
-               for row, rid in zip(kwargs["rows"], kwargs["request_ids"], strict=True)]
+               for row, rid in zip(sent_rows(kwargs), kwargs["request_ids"], strict=True)]
     for r in results:
         r.pop("model_version", None)
         r.pop("model_sha256", None)
@@ -105,7 +112,10 @@ def test_predict_many_chunks_and_returns_input_order_with_versions() -> None:
     frame = make_cars(5, seed=3)[list(FEATURES)]
     results = client_with(app).predict_many(frame, chunk_size=2, progress=False)
     assert [s.name for s in app.sent] == ["predq.predict_batch"] * 3
-    assert [len(s.kwargs["rows"]) for s in app.sent] == [2, 2, 1]
+    # Columnar by default: each feature name once per chunk, not once per row (issue 16).
+    assert [s.kwargs["columns"] for s in app.sent] == [list(FEATURES)] * 3
+    assert [len(s.kwargs["data"]) for s in app.sent] == [2, 2, 1]
+    assert all("rows" not in s.kwargs for s in app.sent)
     sent_ids = [rid for s in app.sent for rid in s.kwargs["request_ids"]]
     assert [r["request_id"] for r in results] == sent_ids
     assert [r["prediction"] for r in results] == [float(y) for y in frame["year"]]
@@ -119,6 +129,14 @@ def test_predict_many_keeps_row_errors_in_place_without_a_version() -> None:
     assert [r["request_id"] for r in results] == ["a", "b", "c"]
     assert results[1] == {"request_id": "b", "error": "features.mileage: missing"}
     assert results[0]["model_version"] == "v1" and "error" not in results[2]
+
+
+def test_predict_many_sends_rows_with_different_features_as_row_dicts() -> None:
+    # A feature missing from one row must stay "missing", not become a null in a column.
+    app = StubApp(tasks={"predq.predict_batch": fake_batch})
+    client_with(app).predict_many([ROW, {"year": 2001}], progress=False)
+    assert app.sent[0].kwargs["rows"] == [ROW, {"year": 2001}]
+    assert "columns" not in app.sent[0].kwargs
 
 
 def test_predict_many_row_errors_name_the_callers_row_not_the_chunks() -> None:
