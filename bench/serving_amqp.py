@@ -11,7 +11,6 @@ never predq. Single-row predict runs stop the clock on rows in Postgres, so they
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -19,7 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from kombu import Connection
 
-from bench.serving_load import POLL_S, QUEUE, RESULT_TIMEOUT_S
+from bench.serving_load import QUEUE, RESULT_TIMEOUT_S, wait_idle
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -60,13 +59,7 @@ class AmqpBroker:
         return {"not locatable on AMQP": list(task_ids)} if task_ids else {}
 
     def wait_idle(self, queue: str = QUEUE, timeout: float = RESULT_TIMEOUT_S) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.pending(queue) == 0:
-                return time.perf_counter()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.pending(queue)} messages still pending on {queue}")
-            time.sleep(POLL_S)
+        return wait_idle(self.pending, queue, timeout)
 
 
 def bench_broker(url: str) -> AbstractContextManager[str]:

@@ -37,6 +37,18 @@ def single_calls(feats: list[dict[str, Any]], n: int, prefix: str) -> list[dict[
             for i in range(n)]
 
 
+def wait_idle(pending: Callable[[str], int], queue: str = QUEUE,
+              timeout: float = RESULT_TIMEOUT_S) -> float:
+    """Block until nothing is pending on `queue`; returns the time it was first seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pending(queue) == 0:
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{pending(queue)} messages still pending on {queue}")
+        time.sleep(POLL_S)
+
+
 class Broker:
     """Read-only view of the bench's Redis database: is every sent message acknowledged?"""
 
@@ -83,14 +95,7 @@ class Broker:
         return where
 
     def wait_idle(self, queue: str = QUEUE, timeout: float = RESULT_TIMEOUT_S) -> float:
-        """Block until nothing is pending; returns the monotonic time it was first seen."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.pending(queue) == 0:
-                return time.perf_counter()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.pending(queue)} messages still pending on {queue}")
-            time.sleep(POLL_S)
+        return wait_idle(self.pending, queue, timeout)
 
 
 class RowCounter:
