@@ -108,3 +108,23 @@ def _describe(conn: Connection) -> dict[str, list[tuple[Any, ...]]]:
 def describe_db() -> Callable[[Connection], dict[str, list[tuple[Any, ...]]]]:
     """A Postgres database's shape: columns, indexes, constraints, column storage."""
     return _describe
+
+
+@pytest.fixture
+def fresh_shape(pg_admin: object, raw_engine: Callable[[str], Engine]
+                ) -> Callable[[], dict[str, list[tuple[Any, ...]]]]:
+    """The shape (`describe_db`) of a Postgres database predq created itself, to compare a
+    migrated database with."""
+    from modelstore import ModelEvaluationDB
+    from tests.conftest import create_database, drop_database
+
+    def shape() -> dict[str, list[tuple[Any, ...]]]:
+        fresh = create_database(pg_admin)
+        try:
+            ModelEvaluationDB(fresh)
+            with raw_engine(fresh).connect() as conn:
+                return _describe(conn)
+        finally:
+            drop_database(pg_admin, fresh)
+
+    return shape

@@ -14,7 +14,6 @@ from sqlalchemy import Connection, Engine, text
 from modelstore import ModelEvaluationDB, ModelLoader, migrate, schema
 from modelstore.defaults import SCHEMA_VERSION
 from modelstore.errors import ArtifactSignatureError, SchemaError
-from tests.conftest import create_database, drop_database
 
 DAY_PARTITION = re.compile(r"model_predictions_d\d{8}")
 Describe = Callable[[Connection], dict[str, list[tuple[Any, ...]]]]
@@ -70,7 +69,8 @@ def _seed_database(engine: Engine, blobs: list[bytes], production: list[bool]) -
 
 def test_seed_database_is_refused_then_upgraded(
         pg_url: str, model_dir: object, pipeline_bytes: bytes, pipeline_v2_bytes: bytes,
-        raw_engine: Callable[[str], Engine], describe_db: Describe, pg_admin: object) -> None:
+        raw_engine: Callable[[str], Engine], describe_db: Describe,
+        fresh_shape: Callable[[], Any]) -> None:
     _seed_database(raw_engine(pg_url), [pipeline_bytes, pipeline_v2_bytes], [True, False])
 
     with pytest.raises(SchemaError, match="predq db upgrade"):
@@ -118,13 +118,7 @@ def test_seed_database_is_refused_then_upgraded(
     assert ("mlflow-run-1", "r2", 0.91) in [tuple(m) for m in metrics]
 
     # Same shape as a database predq created itself.
-    fresh = create_database(pg_admin)
-    try:
-        ModelEvaluationDB(fresh)
-        with raw_engine(fresh).connect() as conn:
-            expected = describe_db(conn)
-    finally:
-        drop_database(pg_admin, fresh)
+    expected = fresh_shape()  # a database predq created itself
     with raw_engine(pg_url).connect() as conn:
         migrated = describe_db(conn)
     for aspect, rows in expected.items():

@@ -13,7 +13,6 @@ from sqlalchemy import Connection, Engine, text
 from modelstore import ModelEvaluationDB, migrate
 from modelstore.engine import dispose_engines
 from modelstore.errors import SchemaError
-from tests.conftest import create_database, drop_database
 
 SCHEMA_V2 = Path(__file__).resolve().parents[2] / "sql" / "legacy_schema_v2.sql"
 V3_STEPS = ["added column model_artifacts.upload_request_id",
@@ -46,20 +45,14 @@ def _upgraded_twice_then_dedups(url: str, blob: bytes) -> None:
 
 
 def test_a_v2_postgres_database_upgrades_to_3(
-        pg_url: str, pg_admin: object, pipeline_bytes: bytes,
-        raw_engine: Callable[[str], Engine], describe_db: Describe) -> None:
+        pg_url: str, pipeline_bytes: bytes, raw_engine: Callable[[str], Engine],
+        describe_db: Describe, fresh_shape: Callable[[], Any]) -> None:
     with raw_engine(pg_url).begin() as conn:
         conn.exec_driver_sql(SCHEMA_V2.read_text())
         _v2_artifact(conn, pipeline_bytes)
     _upgraded_twice_then_dedups(pg_url, pipeline_bytes)
 
-    fresh = create_database(pg_admin)  # the same shape as a database predq 3 created
-    try:
-        ModelEvaluationDB(fresh)
-        with raw_engine(fresh).connect() as conn:
-            expected = describe_db(conn)
-    finally:
-        drop_database(pg_admin, fresh)
+    expected = fresh_shape()  # a database predq created itself
     with raw_engine(pg_url).connect() as conn:
         migrated = describe_db(conn)
     for aspect, rows in expected.items():
